@@ -1,0 +1,37 @@
+# Everything a fresh clone needs, from the lock file. Only Python 3.11 must exist on the machine.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+# Prefer an installed uv; otherwise bootstrap a private one into .tools (from PyPI, pinned).
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+VENV := $(CURDIR)/.venv
+export ETL_OBSERVER_HOME ?= $(CURDIR)/.etl_observer
+
+.PHONY: bootstrap demo test dev bench clean
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+bootstrap: $(VENV)/.synced
+
+demo: bootstrap  ## run the main job on the bundled sample; JSON summary on stdout
+	$(VENV)/bin/etl-observer run --dataset employees --batch-id demo-employees samples/employees.csv
+
+test: bootstrap  ## the whole suite
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+dev: bootstrap  ## dagster dev with the landing sensor running; drop CSVs into $ETL_OBSERVER_HOME/landing/<dataset>/
+	$(VENV)/bin/etl-observer dev
+
+bench: bootstrap  ## converter speed and memory against the alternatives, one run
+	$(VENV)/bin/python -m tests.bench.bench_convert
+
+clean:
+	rm -rf $(VENV) .tools .etl_observer

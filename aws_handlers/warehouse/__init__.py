@@ -1,0 +1,138 @@
+"""One warehouse interface: DuckDB (embedded stand-in for Redshift) and Redshift (Data API).
+
+Both execute the statements of aws_handlers.core.load_sql in one transaction and return the same
+LoadResult, so the evidence and the Dagster metadata do not care which engine ran.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..core import utc_now_iso
+from ..core.contract import Contract
+from ..core.load_sql import (LoadFile, batch_load_statements, ddl_statements, primary_key_duplicates_query,
+                             result_queries)
+
+
+@dataclass
+class LoadResult:
+    batch_id: str
+    table: str
+    files: list[dict[str, Any]]          # ledger rows: file_key, sha256, status, duplicate_of_batch, rows
+    rows_inserted: int                   # rows of this batch now in the table
+    table_rows_after: int
+    started_at: str
+    finished_at: str
+    duration_seconds: float
+    statements: int
+    engine: str
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    rows_by_file: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id, "table": self.table, "engine": self.engine,
+            "rows_inserted": self.rows_inserted, "table_rows_after": self.table_rows_after,
+            "files": self.files, "duplicates": self.duplicates, "rows_by_file": self.rows_by_file, "statements": self.statements,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "duration_seconds": self.duration_seconds,
+        }
+
+
+class Warehouse(Protocol):
+    engine: str
+
+    def load_batch(self, contract: Contract, batch_id: str, files: list[LoadFile], loaded_at: str) -> LoadResult: ...
+    def query(self, sql: str) -> list[tuple]: ...
+
+
+def loaded_at_now() -> str:
+    return utc_now_iso().replace("T", " ").rstrip("Z")
+
+
+class DuckDBWarehouse:
+    """Embedded warehouse in one DuckDB file. Standing in for Redshift Serverless."""
+
+    engine = "duckdb"
+
+    def __init__(self, path: str | Path, *, lock_timeout_seconds: float = 60.0,
+                 on_statement: Callable[[int, str], None] | None = None):
+        self.path = Path(path)
+        self.lock_timeout_seconds = lock_timeout_seconds
+        # Test seam: called before each statement of a batch load (crash injection).
+        self.on_statement = on_statement
+
+    def connect(self, read_only: bool = False):
+        import duckdb
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_seconds
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+            except duckdb.IOException as exc:  # another process holds the file lock: wait for it
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def ensure_table(self, contract: Contract) -> None:
+        con = self.connect()
+        try:
+            for statement in ddl_statements(contract, "duckdb"):
+                con.execute(statement)
+        finally:
+            con.close()
+
+    def load_batch(self, contract: Contract, batch_id: str, files: list[LoadFile], loaded_at: str) -> LoadResult:
+        started_wall, started = utc_now_iso(), time.perf_counter()
+        statements = batch_load_statements(contract, batch_id, files, loaded_at, "duckdb")
+        con = self.connect()
+        try:
+            for statement in ddl_statements(contract, "duckdb"):
+                con.execute(statement)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for index, statement in enumerate(statements):
+                    if self.on_statement:
+                        self.on_statement(index, statement)
+                    con.execute(statement)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            queries = result_queries(contract, batch_id)
+            ledger = [dict(zip(("file_key", "sha256", "status", "duplicate_of_batch", "rows"), row))
+                      for row in con.execute(queries["ledger"]).fetchall()]
+            batch_rows = con.execute(queries["batch_rows"]).fetchone()[0]
+            table_rows = con.execute(queries["table_rows"]).fetchone()[0]
+            rows_by_file = {key: int(n) for key, n in con.execute(queries["rows_by_file"]).fetchall()}
+        finally:
+            con.close()
+        return LoadResult(
+            batch_id=batch_id, table=contract.table, files=ledger, rows_inserted=int(batch_rows),
+            table_rows_after=int(table_rows), started_at=started_wall, finished_at=utc_now_iso(),
+            duration_seconds=round(time.perf_counter() - started, 6), statements=len(statements), engine=self.engine,
+            duplicates=[f for f in ledger if f["status"] == "duplicate"], rows_by_file=rows_by_file,
+        )
+
+    def query(self, sql: str) -> list[tuple]:
+        con = self.connect(read_only=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    def primary_key_duplicates(self, contract: Contract) -> list[tuple]:
+        sql = primary_key_duplicates_query(contract)
+        if sql is None or not self.path.exists():
+            return []
+        return self.query(sql)
+
+    def table_exists(self, contract: Contract) -> bool:
+        if not self.path.exists():
+            return False
+        rows = self.query("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
+                          f"'{contract.schema_name}' AND table_name = '{contract.table_name}'")
+        return rows[0][0] > 0

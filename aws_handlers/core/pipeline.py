@@ -342,10 +342,15 @@ class BatchRun:
         return self.result()
 
     def result(self) -> dict[str, Any]:
-        """The CLI / execution-output summary: the seed's summary fields plus what a user needs next."""
         assert self.report is not None and self.report_location is not None
-        return {**self.report["summary"], "dataset": self.batch.dataset,
-                "evidence": {"json": self.report_location["json"], "html": self.report_location["html"]},
-                "errors": [{k: e.get(k) for k in ("file", "line", "column", "message", "kind", "value")} for e in self.errors],
-                "duplicates": [{"file": d["file_key"], "sha256": d["sha256"], "duplicate_of_batch": d["duplicate_of_batch"]}
-                               for d in (self.load_result or {}).get("duplicates", [])]}
+        return batch_summary(self.report, self.report_location)
+
+
+def batch_summary(report: dict[str, Any], location: dict[str, Any]) -> dict[str, Any]:
+    """The CLI / execution-output summary: the seed's summary fields plus what a user needs next."""
+    return {**report["summary"], "dataset": report["dataset"],
+            "evidence": {"json": location["json"], "html": location["html"]},
+            "errors": [{k: e.get(k) for k in ("file", "line", "column", "message", "kind", "value")}
+                       for e in report.get("errors", [])],
+            "duplicates": [{"file": d["file_key"], "sha256": d["sha256"], "duplicate_of_batch": d["duplicate_of_batch"]}
+                           for d in report.get("duplicates", [])]}

@@ -332,6 +332,8 @@ def compare_values(ours_path: Path, other_path: Path, n: int) -> dict[str, Any]:
     if ours.num_rows != other.num_rows:
         result["equal"] = False
         result["differences"].append(f"row counts in the sample differ: {ours.num_rows} vs {other.num_rows}")
+    common = result["rows_compared"]
+    ours, other = ours.slice(0, common), other.slice(0, common)
     for name in COLUMN_NAMES:
         a, b = ours.column(name), other.column(name)
         if a.type != b.type:
@@ -340,13 +342,13 @@ def compare_values(ours_path: Path, other_path: Path, n: int) -> dict[str, Any]:
             continue
         if a.combine_chunks().equals(b.combine_chunks()):
             continue
-        result["equal"] = False
         va, vb = a.to_pylist(), b.to_pylist()
-        row = next((i for i, (x, y) in enumerate(zip(va, vb)) if x != y), min(len(va), len(vb)))
-        count = sum(1 for x, y in zip(va, vb) if x != y)
+        diffs = [i for i, (x, y) in enumerate(zip(va, vb)) if x != y or (x is None) != (y is None)]
+        if not diffs:  # same Python values, only the Arrow layout differs
+            continue
+        result["equal"] = False
         result["differences"].append(
-            f"{name}: {count} value(s) differ, first at data row {row}: "
-            f"{va[row] if row < len(va) else '<missing>'!r} vs {vb[row] if row < len(vb) else '<missing>'!r}")
+            f"{name}: {len(diffs)} value(s) differ, first at data row {diffs[0]}: {va[diffs[0]]!r} vs {vb[diffs[0]]!r}")
     return result
 
 

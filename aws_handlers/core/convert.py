@@ -222,6 +222,7 @@ def convert_csv(
                     add_error(err)
         except NulByteError as exc:
             hashing.drain()
+            header_names = header_names or _first_record(open_source, encoding or "utf-8", contract)
             with open_source() as again:
                 line, field_index = locate_offset(again, exc.offset, contract.delimiter, encoding)
             add_error(RowError(source_label, line, _column_name(field_index, header_names, contract),
@@ -230,6 +231,7 @@ def convert_csv(
         except UnicodeDecodeError as exc:
             hashing.drain()
             codec = encoding or "utf-8"
+            header_names = header_names or _first_record(open_source, codec, contract)
             offset, reason = locate_decode_error(open_source, codec) if encoding else (0, exc.reason)
             offset = max(offset, 0)
             with open_source() as again:
@@ -303,11 +305,23 @@ def _quote(value: str | None) -> str:
 
 
 def _column_name(field_index: int, header_names: list[str] | None, contract: Contract) -> str:
+    """Contract column name of a field position (header position -> source name -> column)."""
     if header_names and field_index < len(header_names):
-        return header_names[field_index]
+        by_source = {c.source: c.name for c in contract.columns}
+        return by_source.get(header_names[field_index], header_names[field_index])
     if not contract.header and field_index < len(contract.columns):
         return contract.columns[field_index].name
     return f"#{field_index + 1}"
+
+
+def _first_record(open_source: Callable[[], BinaryIO], codec: str, contract: Contract) -> list[str] | None:
+    """The header, read again on an error path that struck before it was parsed."""
+    if not contract.header:
+        return None
+    with open_source() as stream:
+        first = stream.read(1 << 16).split(b"\n", 1)[0].replace(b"\x00", b"")
+    text = first.decode(codec, errors="replace").lstrip("\ufeff").rstrip("\r")
+    return next(csv.reader([text], delimiter=contract.delimiter), None)
 
 
 def _map_header(fields: list[str], contract: Contract, source_label: str, line: int) -> list[int]:

@@ -130,7 +130,8 @@ def choose_encoding(head: bytes, accepted: tuple[str, ...], declared: str | None
     for codec in accepted_codecs:
         if codec not in ("utf-8", "utf-8-sig") and _decodes(head, codec, at_eof):
             return codec, "detected"
-    return "", f"the first {len(head)} bytes decode as none of the accepted encodings {list(accepted)}"
+    # Nothing decodes cleanly: read with the first accepted codec so the error names the exact offset.
+    return accepted_codecs[0], "assumed"
 
 
 def locate_offset(data_stream: BinaryIO, offset: int, delimiter: str, codec: str) -> tuple[int, int]:

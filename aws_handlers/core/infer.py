@@ -61,12 +61,55 @@ class _Undecodable(Exception):
         super().__init__(reason)
 
 
+# datetime.strptime costs ~10 us a call (locale checks, cache lock). For the fixed candidate formats the
+# same decision is made here: CPython's own _strptime field patterns (ASCII digits only: callers have
+# checked value.isascii()) followed by the same datetime() range check. test_infer compares the two.
+_FIELD_PATTERNS = {
+    "d": r"(?P<d>3[0-1]|[1-2][0-9]|0[1-9]|[1-9]| [1-9])",
+    "f": r"(?P<f>[0-9]{1,6})",
+    "H": r"(?P<H>2[0-3]|[0-1][0-9]|[0-9])",
+    "m": r"(?P<m>1[0-2]|0[1-9]|[1-9])",
+    "M": r"(?P<M>[0-5][0-9]|[0-9])",
+    "S": r"(?P<S>6[0-1]|[0-5][0-9]|[0-9])",
+    "Y": r"(?P<Y>[0-9][0-9][0-9][0-9])",
+}
+
+
+def _format_regex(fmt: str) -> re.Pattern[str]:
+    out, i = [], 0
+    while i < len(fmt):
+        ch = fmt[i]
+        if ch == "%":
+            out.append(_FIELD_PATTERNS[fmt[i + 1]])
+            i += 2
+            continue
+        out.append(r"\s+" if ch == " " else re.escape(ch))
+        i += 1
+    return re.compile("".join(out))
+
+
+_FORMAT_REGEXES = {fmt: _format_regex(fmt) for fmt in DATE_FORMATS + TIMESTAMP_FORMATS}
+
+
 def _parses(value: str, fmt: str) -> bool:
+    """Same answer as datetime.strptime(value, fmt) succeeding, for ASCII values and candidate formats."""
+    regex = _FORMAT_REGEXES.get(fmt)
+    if regex is None or not value.isascii():
+        try:
+            datetime.strptime(value, fmt)
+            return True
+        except ValueError:
+            return False
+    found = regex.match(value)
+    if found is None or found.end() != len(value):  # strptime: "unconverted data remains"
+        return False
+    parts = found.groupdict()
     try:
-        datetime.strptime(value, fmt)
-        return True
+        datetime(int(parts["Y"]), int(parts["m"]), int(parts["d"]), int(parts.get("H") or 0),
+                 int(parts.get("M") or 0), int(parts.get("S") or 0), int((parts.get("f") or "0").ljust(6, "0")))
     except ValueError:
         return False
+    return True
 
 
 def _date_candidate(value: str) -> bool:
@@ -359,23 +402,22 @@ def _scan(path: Path, label: str, header: bool | None, declared: str | None) -> 
 
 
 def _undecodable_error(path: Path, label: str, exc: _Undecodable) -> DataError:
-    if not exc.codec:
-        return DataError([RowError(label, 1, None, f"{exc.reason}; declare the file's encoding with --encoding",
-                                   "undecodable", byte_offset=0)])
-
     def open_source():
         return open(path, "rb")
 
-    offset, reason = locate_decode_error(open_source, exc.codec)
+    # Nothing fitted the first bytes: point at the first byte that is not UTF-8 (then nothing fits).
+    codec = exc.codec or "utf-8"
+    offset, reason = locate_decode_error(open_source, codec)
     offset = max(offset, 0)
     with open_source() as again:
-        line, _ = locate_offset(again, offset, DELIMITER, exc.codec)
+        line, _ = locate_offset(again, offset, DELIMITER, codec)
     with open_source() as again:
         again.seek(offset)
         bad = again.read(4)
-    return DataError([RowError(label, line, None, f"bytes {bad.hex(' ')} at byte offset {offset} are not valid "
-                               f"{exc.codec} ({exc.how}): {reason or exc.reason}; declare the file's encoding with "
-                               f"--encoding", "undecodable", byte_offset=offset)])
+    what = f"valid {exc.codec} ({exc.how})" if exc.codec else f"valid in any of {list(DETECT_ENCODINGS)}"
+    return DataError([RowError(label, line, None, f"bytes {bad.hex(' ')} at byte offset {offset} are not {what}: "
+                               f"{reason or exc.reason}; declare the file's encoding with --encoding",
+                               "undecodable", byte_offset=offset)])
 
 
 def _validate_names(dataset: str, table: str | None) -> None:

@@ -42,7 +42,7 @@ def convert_value(text: str, column: Column, contract: Contract):
             raise BadValue(f"value is {size} bytes, over the column's limit of {column.max_bytes} bytes")
         return text
     if ctype in INT_RANGES:
-        if not _INT_RE.match(text):
+        if not _INT_RE.fullmatch(text):
             raise BadValue(f"is not {_describe_type(column)}")
         number = int(text)
         low, high = INT_RANGES[ctype]
@@ -63,7 +63,7 @@ def convert_value(text: str, column: Column, contract: Contract):
             raise BadValue(f"is not {_describe_type(column)}") from None
         return parsed.date() if ctype == "date" else parsed
     precision, scale = column.decimal_precision_scale  # type: ignore[misc]
-    if not _DECIMAL_RE.match(text):
+    if not _DECIMAL_RE.fullmatch(text):
         raise BadValue(f"is not a decimal({precision},{scale})")
     try:
         value = Decimal(text)
@@ -108,6 +108,11 @@ def _fast_path(strings: pa.Array, column: Column, contract: Contract) -> pa.Arra
                                  error_is_null=True)
             if pc.sum(pc.is_valid(parsed)).as_py() != pc.sum(non_null).as_py():
                 return None  # e.g. %f, which Arrow's strptime lacks: let Python decide
+            # glibc's strptime rolls 2021-02-30 forward to March and skips leading blanks; only a
+            # value that formats back to exactly its text is vouched for here, the rest go to Python.
+            round_trip = pc.strftime(parsed, format=column.format)
+            if not pc.all(pc.or_kleene(pc.equal(round_trip, strings), pc.invert(non_null))).as_py():
+                return None
             return pc.cast(parsed, column.arrow_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None

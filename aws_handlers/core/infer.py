@@ -152,12 +152,11 @@ def string_max_bytes(longest: int) -> int:
 class _ColumnStats:
     """Running summary of one column: which types every value so far fits, and their extent."""
 
-    __slots__ = ("index", "nulls", "values", "longest", "int_ok", "int_min", "int_max", "dec_ok",
+    __slots__ = ("nulls", "values", "longest", "int_ok", "int_min", "int_max", "dec_ok",
                  "dec_int_digits", "dec_scale", "bool_ok", "date_formats", "ts_formats", "pk_values",
                  "leading_zero", "typed_alive")
 
-    def __init__(self, index: int, pk_candidate: bool):
-        self.index = index
+    def __init__(self, pk_candidate: bool):
         self.nulls = 0
         self.values = 0
         self.longest = 0
@@ -202,7 +201,8 @@ class _ColumnStats:
             return
         if self.int_ok:
             if _INT_RE.fullmatch(value):
-                number = int(value)
+                # int() refuses over 4300 digits; anything over 19 digits is past int64 anyway.
+                number = int(value) if len(value) <= 20 else (-(2**70) if value[0] == "-" else 2**70)
                 if self.int_min is None or number < self.int_min:
                     self.int_min = number
                 if self.int_max is None or number > self.int_max:
@@ -355,7 +355,7 @@ def _scan(path: Path, label: str, header: bool | None, declared: str | None) -> 
                         scan.names = unique_identifiers(fields)
                     else:
                         scan.sources = scan.names = [f"col_{i}" for i in range(1, width + 1)]
-                    stats = [_ColumnStats(i, "id" in name) for i, name in enumerate(scan.names)]
+                    stats = [_ColumnStats("id" in name) for name in scan.names]
                     scan.stats = stats
                     if scan.header_used:
                         continue
@@ -381,9 +381,9 @@ def _scan(path: Path, label: str, header: bool | None, declared: str | None) -> 
         except DataError as exc:
             fixed = []
             for err in exc.errors:
-                if err.column and err.column.startswith("#") and scan is not None and scan.sources:
+                if err.column and err.column.startswith("#") and scan is not None and scan.names:
                     index = int(err.column[1:]) - 1  # structural errors know positions only
-                    names = scan.sources  # as the converter reports them: the header text
+                    names = scan.names  # as the converter reports them: the contract column name
                     if index < len(names):
                         err = RowError(err.file, err.line, names[index], err.message, err.kind, err.value,
                                        err.contract, err.byte_offset)
@@ -392,7 +392,7 @@ def _scan(path: Path, label: str, header: bool | None, declared: str | None) -> 
         except NulByteError as exc:
             with open_source() as again:
                 line, field_index = locate_offset(again, exc.offset, DELIMITER, codec)
-            column = (scan.sources[field_index] if scan is not None and field_index < len(scan.sources)
+            column = (scan.names[field_index] if scan is not None and field_index < len(scan.names)
                       else f"#{field_index + 1}")
             raise DataError([RowError(label, line, column,
                                       f"NUL byte (0x00) at byte offset {exc.offset}; this is not a text CSV file",
@@ -405,7 +405,7 @@ def _undecodable_error(path: Path, label: str, exc: _Undecodable) -> DataError:
     def open_source():
         return open(path, "rb")
 
-    # Nothing fitted the first bytes: point at the first byte that is not UTF-8 (then nothing fits).
+    # Nothing fitted the first bytes ("assumed"): point at the first byte that is not UTF-8.
     codec = exc.codec or "utf-8"
     offset, reason = locate_decode_error(open_source, codec)
     offset = max(offset, 0)
@@ -414,7 +414,10 @@ def _undecodable_error(path: Path, label: str, exc: _Undecodable) -> DataError:
     with open_source() as again:
         again.seek(offset)
         bad = again.read(4)
-    what = f"valid {exc.codec} ({exc.how})" if exc.codec else f"valid in any of {list(DETECT_ENCODINGS)}"
+    if exc.codec and exc.how != "assumed":
+        what = f"valid {exc.codec} ({exc.how})"
+    else:
+        what = f"valid in any of {list(DETECT_ENCODINGS)}"
     return DataError([RowError(label, line, None, f"bytes {bad.hex(' ')} at byte offset {offset} are not {what}: "
                                f"{reason or exc.reason}; declare the file's encoding with --encoding",
                                "undecodable", byte_offset=offset)])

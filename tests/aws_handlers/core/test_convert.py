@@ -202,3 +202,30 @@ def test_a_failure_leaves_no_file_and_no_temp_file(tmp_path):
     outcome, out = run(tmp_path, HEADER + GOOD_ROW + b"x\n")
     assert outcome.manifest["status"] == "failed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]
+
+
+# Smallest inputs of two bugs found by the benchmark author (fast path disagreeing with the rules).
+@pytest.mark.parametrize("ctype,fmt,value,message", [
+    ("date", "%Y-%m-%d", "2021-02-30", '"2021-02-30" is not a date in format %Y-%m-%d'),
+    ("date", "%Y-%m-%d", " 2021-02-03", '" 2021-02-03" is not a date in format %Y-%m-%d'),
+    ("date", "%Y-%m-%d", "20-02-03", '"20-02-03" is not a date in format %Y-%m-%d'),
+    ("timestamp", "%Y-%m-%d %H:%M:%S", "2021-04-31 10:00:00", '"2021-04-31 10:00:00" is not a timestamp in format %Y-%m-%d %H:%M:%S'),
+])
+def test_impossible_dates_are_errors_not_rolled_forward(tmp_path, ctype, fmt, value, message):
+    contract = contract_from_dict({"dataset": "t", "columns": [{"name": "d", "type": ctype, "format": fmt}]})
+    err = only_error(run(tmp_path, f"d\n{value}\n".encode(), contract)[0])
+    assert (err.line, err.column, err.message) == (2, "d", message)
+
+
+@pytest.mark.parametrize("ctype,value", [("int32", '"7\n"'), ("decimal(12,2)", '"1.5\n"'), ("int64", "7 ")])
+def test_numbers_with_trailing_newline_or_space_are_errors(tmp_path, ctype, value):
+    contract = contract_from_dict({"dataset": "t", "columns": [{"name": "n", "type": ctype}]})
+    outcome, _ = run(tmp_path, f"n\n{value}\n".encode(), contract)
+    assert only_error(outcome).column == "n"
+
+
+def test_valid_unpadded_dates_still_convert(tmp_path):
+    contract = contract_from_dict({"dataset": "t", "columns": [{"name": "d", "type": "date", "format": "%m/%d/%Y"}]})
+    outcome, out = run(tmp_path, b"d\n5/14/1987\n12/01/2001\n", contract)
+    assert outcome.ok
+    assert [d.isoformat() for d in pq.read_table(out).column("d").to_pylist()] == ["1987-05-14", "2001-12-01"]

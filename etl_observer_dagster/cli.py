@@ -151,6 +151,8 @@ def cmd_contract_infer(args: argparse.Namespace) -> int:
     except DataError as exc:
         _print_json({"ok": False, "errors": [e.to_dict() for e in exc.errors]})
         return EXIT_DATA
+    except ValueError as exc:  # an unknown --encoding, or a contract that would not validate
+        raise UsageError(str(exc)) from exc
     path = save_contract(result.contract, settings.contracts_dir)
     for note in result.notes:
         print(f"[etl-observer] {note}", file=sys.stderr)

@@ -9,7 +9,7 @@ from dagster import Definitions, define_asset_job
 
 from aws_handlers.core.contract import Contract, discover_contracts
 
-from .assets import batch_partitions, build_batch_assets, job_name
+from .assets import build_batch_assets, job_name
 from .resources import LocalPipelineResource
 from .sensors.landing import build_landing_sensor
 from .settings import Settings, current_settings, prepare_home
@@ -30,7 +30,7 @@ def build_definitions(settings: Settings | None = None, extra_contracts: list[Co
     for dataset, contract in sorted(contracts.items()):
         batch_assets = build_batch_assets(contract)
         assets.append(batch_assets)
-        jobs.append(define_asset_job(job_name(dataset), selection=[batch_assets], partitions_def=batch_partitions(dataset),
+        jobs.append(define_asset_job(job_name(dataset), selection=[batch_assets],
                                      description=f"One {dataset} batch: convert, load, check, evidence"))
     sensors = [build_landing_sensor(jobs, sorted(contracts))] if jobs else []
     return Definitions(assets=assets, jobs=jobs, sensors=sensors, resources={"pipeline": pipeline_resource(settings)})

@@ -11,8 +11,6 @@ quiet for `settle_seconds`, so a half-copied CSV is never batched. A re-written 
 change time and comes back as a new delivery; the warehouse ledger decides whether its content
 was already loaded.
 """
-from __future__ import annotations
-
 import hashlib
 import json
 import time
@@ -25,6 +23,7 @@ from dagster import (AddDynamicPartitionsRequest, DefaultSensorStatus, RunReques
 from aws_handlers.storage import ObjectInfo
 
 from ..assets import batch_op_name, job_name, partitions_def_name
+from ..resources import LocalPipelineResource
 
 SETTLE_SECONDS = 2.0
 MAX_FILES_PER_BATCH = 1000
@@ -72,8 +71,9 @@ def batch_id_for(dataset: str, objects: list[ObjectInfo]) -> str:
 
 
 def plan_batches(objects: Iterable[ObjectInfo], cursor: LandingCursor, datasets: set[str], now_ns: int,
-                 settle_seconds: float = SETTLE_SECONDS, max_files: int = MAX_FILES_PER_BATCH):
+                 settle_seconds: float | None = None, max_files: int = MAX_FILES_PER_BATCH):
     """Pure decision: which new objects form which batches, and the cursor after handing them out."""
+    settle_seconds = SETTLE_SECONDS if settle_seconds is None else settle_seconds
     settled_before = now_ns - int(settle_seconds * 1e9)
     candidates = sorted((o for o in objects if o.key.lower().endswith(".csv") and o.size > 0 and cursor.is_new(o)),
                         key=lambda o: (o.modified_ns, o.key))
@@ -93,13 +93,11 @@ def plan_batches(objects: Iterable[ObjectInfo], cursor: LandingCursor, datasets:
     return batches, cursor.advance(taken), ignored
 
 
-def build_landing_sensor(jobs: list, datasets: list[str], pipeline_resource_key: str = "pipeline",
-                         minimum_interval_seconds: int = 5):
+def build_landing_sensor(jobs: list, datasets: list[str], minimum_interval_seconds: int = 5):
     @sensor(name="landing_sensor", jobs=jobs, minimum_interval_seconds=minimum_interval_seconds,
-            default_status=DefaultSensorStatus.RUNNING, required_resource_keys={pipeline_resource_key},
+            default_status=DefaultSensorStatus.RUNNING,
             description="Batches new CSV files per dataset from the landing store and launches their runs.")
-    def landing_sensor(context: SensorEvaluationContext):
-        pipeline = getattr(context.resources, pipeline_resource_key)
+    def landing_sensor(context: SensorEvaluationContext, pipeline: LocalPipelineResource):
         cursor = LandingCursor.parse(context.cursor)
         batches, new_cursor, ignored = plan_batches(pipeline.stores().landing.list(), cursor, set(datasets),
                                                     time.time_ns())

@@ -17,29 +17,13 @@ from aws_handlers.core.convert import convert_csv
 from aws_handlers.core.errors import DataError
 from aws_handlers.core.infer import (DATE_FORMATS, TIMESTAMP_FORMATS, InferenceResult, _parses, detect_header,
                                      infer_contract, save_contract, string_max_bytes)
+from tests.conftest import require_shared_data
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def shared_data_dir() -> Path:
-    """<repo>/../shared/data; missing data fails under CI and skips elsewhere."""
-    path = (REPO.parent / "shared" / "data").resolve()
-    if not path.is_dir():
-        message = f"shared test data not found at {path}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def real(name: str) -> Path:
-    path = shared_data_dir() / "real" / name
-    if not path.is_file():
-        message = f"shared test file missing: {path}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    """A file of ../shared/data/real (fails under CI when missing, skips elsewhere)."""
+    return require_shared_data() / "real" / name
 
 
 def columns_by_name(result: InferenceResult) -> dict:

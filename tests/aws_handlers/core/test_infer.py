@@ -5,7 +5,6 @@ inference accepted, the inference is wrong.
 """
 from __future__ import annotations
 
-import os
 import tracemalloc
 from datetime import datetime, timedelta, timezone
 from pathlib import Path

@@ -28,6 +28,8 @@ def build_definitions(settings: Settings | None = None, extra_contracts: list[Co
         contracts[contract.dataset] = contract
     assets, jobs = [], []
     for dataset, contract in sorted(contracts.items()):
+        if settings.env == "local":
+            (settings.landing_dir / dataset).mkdir(parents=True, exist_ok=True)  # where to drop its CSVs
         batch_assets = build_batch_assets(contract)
         assets.append(batch_assets)
         jobs.append(define_asset_job(job_name(dataset), selection=[batch_assets],

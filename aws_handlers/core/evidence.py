@@ -200,7 +200,7 @@ def verify_dataset(store: ObjectStore, dataset: str, *, check_files: bool = True
             problems.append(f"{store.uri(history_html)}: HTML report missing")
         elif store.sha256(history_html) != report.get("html_sha256"):
             problems.append(f"{store.uri(history_html)}: HTML SHA-256 differs from the html_sha256 its JSON recorded")
-        if check_files and current_sequence.get(keys_latest := report.get("report_keys", {}).get("json", "")) == expected_seq:
+        if check_files and current_sequence.get(report.get("report_keys", {}).get("json", "")) == expected_seq:
             for what, file_uri, sha in recorded_files(report):
                 result["files"] += 1
                 try:

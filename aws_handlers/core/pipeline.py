@@ -251,12 +251,7 @@ class BatchRun:
                 source = resolve_input(ref, self.stores.landing)
                 with source.open() as fh:
                     fh.read(0)
-            except (FileNotFoundError, OSError, ValueError) as exc:
-                self.errors.append(RowError(ref, None, None, f"input file cannot be opened: {exc}", "missing_input",
-                                            contract=self.contract.label).to_dict())
-                self.input_records.append({"key": ref, "uri": ref, "size": None, "sha256": None, "status": "missing"})
-                continue
-            except Exception as exc:  # e.g. S3 NoSuchKey
+            except Exception as exc:  # a missing local file, an S3 NoSuchKey, an unreadable path
                 self.errors.append(RowError(ref, None, None, f"input file cannot be opened: {exc}", "missing_input",
                                             contract=self.contract.label).to_dict())
                 self.input_records.append({"key": ref, "uri": ref, "size": None, "sha256": None, "status": "missing"})

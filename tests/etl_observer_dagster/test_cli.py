@@ -173,3 +173,12 @@ def test_contract_infer_usage_errors_exit_2(home, capsys):
     assert cli(capsys, "contract", "infer", SAMPLE, "--dataset", "emp2")[0] == 0
     code, _, err = cli(capsys, "contract", "infer", SAMPLE, "--dataset", "emp2")
     assert code == 2 and "exists; pass --force" in err
+
+
+def test_a_missing_input_fails_the_batch_with_evidence(home, capsys, tmp_path):
+    doc = tmp_path / "batch.json"
+    doc.write_text(json.dumps({"batch_id": "gone-1", "dataset": "employees", "files": ["employees/nothere.csv"]}))
+    code, summary, _ = cli(capsys, "run", "--input", str(doc))
+    assert (code, summary["status"], summary["failure_count"]) == (1, "FAILED", 1)
+    assert [(e["file"], e["kind"]) for e in summary["errors"]] == [("employees/nothere.csv", "missing_input")]
+    assert Path(summary["evidence"]["html"]).is_file()

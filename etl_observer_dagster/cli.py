@@ -75,13 +75,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from dagster import DagsterInstance
 
+    from aws_handlers.core.contract import discover_contracts
+
     from .assets import batch_op_name, job_name, partitions_def_name
     from .definitions import build_definitions
     from .resources import LocalPipelineResource
 
-    defs = build_definitions(settings, extra_contracts=[] if known or args.contract is None else [contract])
-    if batch.dataset not in {k.path[0] for k in defs.resolve_asset_graph().get_all_asset_keys()}:
-        defs = build_definitions(settings, extra_contracts=[contract])
+    # A --contract for a dataset the code location does not know yet must also define its assets.
+    registered = known or batch.dataset in discover_contracts(settings.contracts_dir)
+    defs = build_definitions(settings, extra_contracts=[] if registered else [contract])
     instance = DagsterInstance.get()
     partitions = partitions_def_name(batch.dataset)
     if not instance.has_dynamic_partition(partitions, batch.batch_id):

@@ -130,7 +130,8 @@ def convert_csv(
                             contract=contract.label))
                 # Non-nullable columns: a NULL here is a contract violation, reported like a bad value.
                 for col_index, column in enumerate(contract.columns):
-                    if not column.nullable:
+                    # `None in list` runs in C; the per-row loop only runs for a chunk that has a NULL.
+                    if not column.nullable and None in chunk.columns[col_index]:
                         for row, value in enumerate(chunk.columns[col_index]):
                             if value is None:
                                 bad_rows.setdefault(row, []).append(RowError(

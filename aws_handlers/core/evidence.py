@@ -250,6 +250,31 @@ def datasets_in_store(store: ObjectStore) -> list[str]:
     return sorted(names)
 
 
+def reconcile(manifests: list[dict[str, Any]], load: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per converted file: CSV rows = Parquet rows (+ quarantined) = loaded rows (0 for a duplicate).
+    status: ok, duplicate, not loaded (no load happened) or mismatch."""
+    ledger = {f["file_key"]: f for f in (load or {}).get("files", [])}
+    loaded_rows_by_file = (load or {}).get("rows_by_file", {})
+    rows = []
+    for manifest in manifests:
+        if manifest["status"] != "converted":
+            continue
+        key = manifest["input"]["key"]
+        csv_rows, parquet_rows = manifest["input"]["records"], manifest["output"]["rows"]
+        rejected = (manifest.get("rejects") or {}).get("rows", 0)
+        duplicate = ledger.get(key, {}).get("status") == "duplicate"
+        loaded = loaded_rows_by_file.get(key, 0) if load is not None else None
+        if load is None:
+            status = "not loaded"
+        elif csv_rows == parquet_rows + rejected and loaded == (0 if duplicate else parquet_rows):
+            status = "duplicate" if duplicate else "ok"
+        else:
+            status = "mismatch"
+        rows.append({"file": key, "csv_rows": csv_rows, "parquet_rows": parquet_rows, "rejected_rows": rejected,
+                     "loaded_rows": loaded, "status": status})
+    return rows
+
+
 def build_report(*, dataset: str, batch_id: str, contract: dict[str, Any], runtime: dict[str, Any],
                  steps: list[dict[str, Any]], manifests: list[dict[str, Any]], load: dict[str, Any] | None,
                  checks: list[dict[str, Any]], errors: list[dict[str, Any]], input_files: list[dict[str, Any]],
@@ -257,8 +282,8 @@ def build_report(*, dataset: str, batch_id: str, contract: dict[str, Any], runti
     """Assemble the report dict from manifests and the load result (nothing is re-measured here)."""
     converted = [m for m in manifests if m["status"] == "converted"]
     load_files = {f["file_key"]: f for f in (load or {}).get("files", [])}
-    loaded_rows_by_file = (load or {}).get("rows_by_file", {})
-    inputs, outputs, reconciliation = [], [], []
+    reconciliation = reconcile(manifests, load)
+    inputs, outputs = [], []
     for item in input_files:
         manifest = next((m for m in manifests if m["input"]["key"] == item["key"]), None)
         entry = {"key": item["key"], "uri": item["uri"], "size": item.get("size"), "sha256": item.get("sha256")}
@@ -274,24 +299,9 @@ def build_report(*, dataset: str, batch_id: str, contract: dict[str, Any], runti
                         "rows": out["rows"], "size": out["size"], "sha256": out["sha256"], "schema": out["schema"],
                         "manifest_uri": manifest.get("manifest_uri"), "manifest_sha256": manifest.get("manifest_sha256"),
                         "rejects_uri": (manifest.get("rejects") or {}).get("uri")})
-        ledger = load_files.get(manifest["input"]["key"])
-        csv_rows = manifest["input"]["records"]
-        rejected = (manifest.get("rejects") or {}).get("rows", 0)
-        parquet_rows = out["rows"]
-        loaded = loaded_rows_by_file.get(manifest["input"]["key"], 0) if load else None
-        if ledger and ledger["status"] == "duplicate":
-            status = "duplicate"
-            ok = csv_rows == parquet_rows + rejected and loaded == 0
-        else:
-            ok = csv_rows == parquet_rows + rejected and (loaded == parquet_rows if load else False)
-            status = "ok" if ok else ("not loaded" if not load else "mismatch")
-        reconciliation.append({"file": manifest["input"]["key"], "csv_rows": csv_rows, "parquet_rows": parquet_rows,
-                               "rejected_rows": rejected, "loaded_rows": loaded, "status": status})
     failed_files = [m for m in manifests if m["status"] != "converted"]
     missing_inputs = [i for i in input_files if not any(m["input"]["key"] == i["key"] for m in manifests)]
     failure_count = len(failed_files) + len(missing_inputs) + (1 if load_failed else 0)
-    if not errors and failure_count:
-        failure_count = max(failure_count, 1)
     status = "SUCCEEDED" if failure_count == 0 and not errors and load is not None else "FAILED"
     duplicates = (load or {}).get("duplicates", [])
     successful_loads = sum(1 for f in load_files.values() if f["status"] == "loaded") if load else 0

@@ -22,7 +22,7 @@ from . import CODE_VERSION, utc_now_iso
 from .contract import BATCH_ID_PATTERN, Contract
 from .convert import convert_csv, scratch_path
 from .errors import RowError
-from .evidence import build_report, write_report
+from .evidence import build_report, reconcile, write_report
 from .load_sql import LoadFile, primary_key_duplicates_query
 from ..storage import ObjectStore
 
@@ -182,18 +182,9 @@ def evaluate_checks(contract: Contract, manifests: list[dict[str, Any]], load: d
     }
     checks = [conformance]
     if load is not None:
-        by_file = {f["file_key"]: f for f in load.get("files", [])}
-        rows_by_file = load.get("rows_by_file", {})
-        mismatches = []
-        for m in converted:
-            key = m["input"]["key"]
-            status = by_file.get(key, {}).get("status")
-            expected_loaded = 0 if status == "duplicate" else m["output"]["rows"]
-            if m["input"]["records"] != m["output"]["rows"] + (m.get("rejects") or {}).get("rows", 0) \
-                    or rows_by_file.get(key, 0) != expected_loaded:
-                mismatches.append({"file": key, "csv_rows": m["input"]["records"], "parquet_rows": m["output"]["rows"],
-                                   "loaded_rows": rows_by_file.get(key, 0), "expected_loaded": expected_loaded})
-        expected_total = sum(m["output"]["rows"] for m in converted if by_file.get(m["input"]["key"], {}).get("status") == "loaded")
+        per_file = reconcile(manifests, load)
+        mismatches = [r for r in per_file if r["status"] == "mismatch"]
+        expected_total = sum(r["parquet_rows"] for r in per_file if r["status"] == "ok")
         total_ok = load.get("rows_inserted") == expected_total
         checks.append({
             "name": "row_reconciliation", "asset": "warehouse_table", "passed": not mismatches and total_ok,

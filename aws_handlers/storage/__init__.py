@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,9 +128,6 @@ class LocalStore:
     def sha256(self, key: str) -> str:
         return sha256_file(self.path(key))
 
-    def scratch_dir(self) -> str:
-        return tempfile.gettempdir()
-
 
 class S3Store:
     """An S3 bucket (optionally under a prefix). The client honours AWS_ENDPOINT_URL[_S3]."""
@@ -193,9 +189,6 @@ class S3Store:
 
     def sha256(self, key: str) -> str:
         return sha256_stream(self.open_input(key))
-
-    def scratch_dir(self) -> str:
-        return tempfile.gettempdir()
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

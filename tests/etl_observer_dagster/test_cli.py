@@ -182,3 +182,13 @@ def test_a_missing_input_fails_the_batch_with_evidence(home, capsys, tmp_path):
     assert (code, summary["status"], summary["failure_count"]) == (1, "FAILED", 1)
     assert [(e["file"], e["kind"]) for e in summary["errors"]] == [("employees/nothere.csv", "missing_input")]
     assert Path(summary["evidence"]["html"]).is_file()
+
+
+def test_contract_flag_runs_a_dataset_the_location_does_not_know(home, capsys, tmp_path):
+    contract = tmp_path / "visits.yaml"
+    contract.write_text("dataset: visits\nprimary_key: [visit_id]\ncolumns:\n  - {name: visit_id, type: int64}\n"
+                        "  - {name: place, type: string}\n", encoding="utf-8")
+    data = tmp_path / "visits.csv"
+    data.write_text("visit_id,place\n1,鯖江\n2,\"Tokyo, JP\"\n", encoding="utf-8")
+    code, summary, _ = cli(capsys, "run", "--dataset", "visits", "--contract", str(contract), "--batch-id", "v1", str(data))
+    assert (code, summary["status"], summary["total_loaded_rows"]) == (0, "SUCCEEDED", 2)

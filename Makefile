@@ -19,18 +19,25 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
 
-bootstrap: $(VENV)/.synced
+# checkov pins an old boto3, so it lives in its own pinned environment, not in the project's lock.
+SCAN_VENV := $(CURDIR)/.tools/scan
+$(SCAN_VENV)/.installed: infra_scripts/requirements-scan.txt | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(SCAN_VENV)
+	$(UV) pip install --quiet --python $(SCAN_VENV)/bin/python -r infra_scripts/requirements-scan.txt
+	touch $@
 
-demo: bootstrap  ## run the main job on the bundled sample; JSON summary on stdout
+bootstrap: $(VENV)/.synced $(SCAN_VENV)/.installed
+
+demo: $(VENV)/.synced  ## run the main job on the bundled sample; JSON summary on stdout
 	$(VENV)/bin/etl-observer run --dataset employees --batch-id demo-employees samples/employees.csv
 
 test: bootstrap  ## the whole suite
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	CHECKOV=$(SCAN_VENV)/bin/checkov $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-dev: bootstrap  ## dagster dev with the landing sensor running; drop CSVs into $ETL_OBSERVER_HOME/landing/<dataset>/
+dev: $(VENV)/.synced  ## dagster dev with the landing sensor running; drop CSVs into $ETL_OBSERVER_HOME/landing/<dataset>/
 	$(VENV)/bin/etl-observer dev
 
-bench: bootstrap  ## converter speed and memory against the alternatives, one run
+bench: $(VENV)/.synced  ## converter speed and memory against the alternatives, one run
 	$(VENV)/bin/python -m tests.bench.bench_convert
 
 clean:

@@ -88,6 +88,18 @@ def stage_fill_statement(contract: Contract, files: list[LoadFile], dialect: str
     return f"INSERT INTO {STAGE_TABLE} SELECT {names} FROM read_parquet([{paths}])"
 
 
+def batch_files_csv(files: list[LoadFile]) -> bytes:
+    """The batch's file list for `COPY etl_batch_files ... CSV` (key, sha256, rows)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for f in files:
+        writer.writerow([f.source_key, f.sha256, int(f.rows)])
+    return out.getvalue().encode("utf-8")
+
+
 def copy_manifest(files: list[LoadFile]) -> dict:
     """Redshift COPY manifest: exactly this batch's Parquet files (a prefix would also match strays)."""
     return {"entries": [{"url": f.parquet_uri, "mandatory": True, "meta": {"content_length": f.parquet_size}}
@@ -95,7 +107,8 @@ def copy_manifest(files: list[LoadFile]) -> dict:
 
 
 def batch_load_statements(contract: Contract, batch_id: str, files: list[LoadFile], loaded_at: str, dialect: str,
-                          *, copy_manifest_uri: str | None = None, iam_role_arn: str | None = None) -> list[str]:
+                          *, copy_manifest_uri: str | None = None, iam_role_arn: str | None = None,
+                          batch_files_uri: str | None = None) -> list[str]:
     """The statements of one batch load, to run in ONE transaction (BEGIN/COMMIT are the caller's)."""
     _check_dialect(dialect)
     if not BATCH_ID_PATTERN.match(batch_id):
@@ -115,7 +128,12 @@ def batch_load_statements(contract: Contract, batch_id: str, files: list[LoadFil
         statements.append(stage_fill_statement(contract, files, dialect, copy_manifest_uri=copy_manifest_uri,
                                                iam_role_arn=iam_role_arn))
     statements.append(f"CREATE TEMP TABLE {BATCH_FILES_TABLE} (file_key VARCHAR(1024), sha256 CHAR(64), rows BIGINT)")
-    if files:
+    if files and batch_files_uri:
+        # Redshift: the file list comes from S3 as well, so the SQL (and the Step Functions state
+        # carrying it) stays the same size for 1 file or 1,000.
+        statements.append(f"COPY {BATCH_FILES_TABLE} FROM {quote_literal(batch_files_uri)} IAM_ROLE "
+                          f"{quote_literal(iam_role_arn or '')} FORMAT AS CSV")
+    elif files:
         values = ", ".join(f"({quote_literal(f.source_key)}, {quote_literal(f.sha256)}, {int(f.rows)})" for f in files)
         statements.append(f"INSERT INTO {BATCH_FILES_TABLE} VALUES {values}")
     statements += [

@@ -88,9 +88,19 @@ class Layout:
         return f"_batches/{dataset}/{batch_id}.json"
 
     @staticmethod
-    def output_names(files: tuple[str, ...]) -> dict[str, str]:
-        """Staging file stem per input: its basename, disambiguated only when two collide."""
-        stems = {f: posixpath.splitext(posixpath.basename(f.replace("\\", "/")))[0] or "file" for f in files}
+    def output_stem(dataset: str, ref: str) -> str:
+        """Staging file stem of one input, from its key alone (each Glue run names its own output):
+        a landing key keeps its path below the dataset folder, anything else its basename."""
+        if ref.startswith(f"{dataset}/"):
+            relative = ref[len(dataset) + 1:]
+        else:
+            relative = posixpath.basename(ref.replace("\\", "/"))
+        return posixpath.splitext(relative)[0].replace("/", "__") or "file"
+
+    @staticmethod
+    def output_names(dataset: str, files: tuple[str, ...]) -> dict[str, str]:
+        """Stems for a whole batch: only inputs given by path (local mode) can collide; they get a hash."""
+        stems = {f: Layout.output_stem(dataset, f) for f in files}
         counts: dict[str, int] = {}
         for stem in stems.values():
             counts[stem] = counts.get(stem, 0) + 1
@@ -256,7 +266,7 @@ class BatchRun:
 
     def convert(self) -> list[dict[str, Any]]:
         started_wall, started = utc_now_iso(), time.perf_counter()
-        names = Layout.output_names(tuple(i.key for i in self.inputs))
+        names = Layout.output_names(self.batch.dataset, tuple(i.key for i in self.inputs))
         for source in self.inputs:
             progress = (lambda n, key=source.key, size=source.size: self.progress("convert " + key, n, size)) if self.progress else None
             manifest = convert_file(self.contract, self.batch, source, self.stores.staging, names[source.key],
@@ -340,3 +350,38 @@ def batch_summary(report: dict[str, Any], location: dict[str, Any]) -> dict[str,
                        for e in report.get("errors", [])],
             "duplicates": [{"file": d["file_key"], "sha256": d["sha256"], "duplicate_of_batch": d["duplicate_of_batch"]}
                            for d in report.get("duplicates", [])]}
+
+
+def read_batch_manifests(staging: ObjectStore, dataset: str, batch_id: str) -> list[dict[str, Any]]:
+    """Every conversion manifest of a batch, found by listing (independent of file naming)."""
+    manifests = []
+    for info in staging.list(Layout.staging_prefix(dataset, batch_id)):
+        if info.key.endswith(".manifest.json"):
+            body = staging.get_bytes(info.key)
+            manifest = json.loads(body)
+            manifest.update({"manifest_key": info.key, "manifest_uri": staging.uri(info.key),
+                             "manifest_sha256": hashlib.sha256(body).hexdigest()})
+            manifests.append(manifest)
+    return sorted(manifests, key=lambda m: m["input"]["key"])
+
+
+def execution_output(report: dict[str, Any], location: dict[str, Any]) -> dict[str, Any]:
+    """The documented execution output (docs/aws-runtime.md): the summary plus, per asset that
+    completed, the facts a Dagster materialization needs. The Step Functions sensor reads this."""
+    assets: dict[str, Any] = {}
+    if report.get("outputs") and report["summary"]["successful_conversions"] == len(report.get("inputs", [])):
+        assets["staging_parquet"] = {
+            "rows": sum(o["rows"] for o in report["outputs"]),
+            "files": [{"source_key": o["source_key"],
+                       "source_sha256": next((i["sha256"] for i in report["inputs"] if i["key"] == o["source_key"]), None),
+                       "parquet_uri": o["uri"], "parquet_sha256": o["sha256"], "rows": o["rows"],
+                       "manifest_uri": o.get("manifest_uri")} for o in report["outputs"]]}
+    if report.get("load"):
+        assets["warehouse_table"] = {"table": report["contract"]["table"], "rows_inserted": report["load"]["rows_inserted"],
+                                     "table_rows_after": report["load"]["table_rows_after"],
+                                     "duplicates": report.get("duplicates", [])}
+    assets["evidence_report"] = {"uri": location["json"], "html_uri": location["html"], "sha256": location["sha256"],
+                                 "sequence": location["sequence"]}
+    return {**report["summary"], "dataset": report["dataset"], "evidence_uri": location["json"],
+            "code_version": report.get("code_version"), "assets": assets,
+            "errors": [{k: e.get(k) for k in ("file", "line", "column", "message", "kind")} for e in report.get("errors", [])]}

@@ -55,7 +55,7 @@ def run(args: dict[str, str], s3_client=None) -> dict:
     batch = BatchInput.from_document({"batch_id": args["batch_id"], "dataset": args["dataset"],
                                       "files": [args["source_key"]]})
     source = resolve_input(args["source_key"], landing)
-    stem = Layout.output_names(batch.files)[args["source_key"]]
+    stem = Layout.output_stem(args["dataset"], args["source_key"])
     manifest = convert_file(contract, batch, source, staging, stem, declared_encoding=args.get("encoding"))
     return {"status": manifest["status"], "manifest_uri": manifest["manifest_uri"],
             "rows": (manifest["output"] or {}).get("rows"), "error_count": manifest["error_count"]}

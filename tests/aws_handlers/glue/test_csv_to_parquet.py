@@ -34,16 +34,16 @@ def test_glue_script_writes_the_same_parquet_as_local_mode(s3, tmp_path):
     result = run({"batch_id": "g1", "dataset": "employees", "source_key": "employees/2026/ｻﾝﾌﾟﾙ employees.csv",
                   "landing_bucket": "landing", "staging_bucket": "staging"}, s3_client=client)
     assert result == {"status": "converted", "rows": 10, "error_count": 0,
-                      "manifest_uri": "s3://staging/employees/batch_id=g1/ｻﾝﾌﾟﾙ employees.manifest.json"}
+                      "manifest_uri": "s3://staging/employees/batch_id=g1/2026__ｻﾝﾌﾟﾙ employees.manifest.json"}
     remote = tmp_path / "remote.parquet"
-    remote.write_bytes(client.get_object(Bucket="staging", Key="employees/batch_id=g1/ｻﾝﾌﾟﾙ employees.parquet")["Body"].read())
+    remote.write_bytes(client.get_object(Bucket="staging", Key="employees/batch_id=g1/2026__ｻﾝﾌﾟﾙ employees.parquet")["Body"].read())
     local = tmp_path / "local.parquet"
     (tmp_path / "in.csv").write_bytes(data)
     contract = load_contract(BUNDLED_CONTRACTS_DIR / "employees.yaml")
     convert_csv(lambda: open(tmp_path / "in.csv", "rb"), "employees/2026/ｻﾝﾌﾟﾙ employees.csv", contract, local)
     assert pq.read_table(remote).equals(pq.read_table(local))
-    manifest = json.loads(client.get_object(Bucket="staging", Key="employees/batch_id=g1/ｻﾝﾌﾟﾙ employees.manifest.json")["Body"].read())
-    assert manifest["output"]["uri"] == "s3://staging/employees/batch_id=g1/ｻﾝﾌﾟﾙ employees.parquet"
+    manifest = json.loads(client.get_object(Bucket="staging", Key="employees/batch_id=g1/2026__ｻﾝﾌﾟﾙ employees.manifest.json")["Body"].read())
+    assert manifest["output"]["uri"] == "s3://staging/employees/batch_id=g1/2026__ｻﾝﾌﾟﾙ employees.parquet"
     assert manifest["input"]["uri"] == "s3://landing/employees/2026/ｻﾝﾌﾟﾙ employees.csv"
 
 

@@ -1,0 +1,31 @@
+"""Batch documents and staging names: what each runtime derives from a file key alone."""
+from __future__ import annotations
+
+import pytest
+
+from aws_handlers.core.pipeline import BatchInput, BatchInputError, Layout
+
+
+def test_staging_stem_comes_from_the_key_alone():
+    assert Layout.output_stem("employees", "employees/a.csv") == "a"
+    assert Layout.output_stem("employees", "employees/2026/12/a.csv") == "2026__12__a"
+    assert Layout.output_stem("employees", "/home/me/exports/a.csv") == "a"
+    assert Layout.output_stem("employees", "s3://other/x/a.csv") == "a"
+
+
+def test_only_path_inputs_can_collide_and_then_get_a_hash():
+    names = Layout.output_names("employees", ("employees/a.csv", "employees/sub/a.csv", "/x/b.csv", "/y/b.csv"))
+    assert names["employees/a.csv"] == "a" and names["employees/sub/a.csv"] == "sub__a"
+    assert names["/x/b.csv"].startswith("b-") and names["/y/b.csv"].startswith("b-")
+    assert names["/x/b.csv"] != names["/y/b.csv"]
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"dataset": "e", "files": ["a"]}, "lacks ['batch_id']"),
+    ({"batch_id": "a|b", "dataset": "e", "files": ["a"]}, "must be 1-128 letters"),
+    ({"batch_id": "b", "dataset": "e", "files": []}, "non-empty list"),
+    ({"batch_id": "b", "dataset": "e", "files": ["a", "a"]}, "same file twice"),
+])
+def test_batch_document_validation(doc, message):
+    with pytest.raises(BatchInputError, match=message.replace("[", r"\[").replace("]", r"\]").replace("|", r"\|")):
+        BatchInput.from_document(doc)

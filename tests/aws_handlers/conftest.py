@@ -20,7 +20,9 @@ def moto_endpoint():
 @pytest.fixture
 def aws(moto_endpoint, monkeypatch, request):
     """Environment of the deployed functions, pointed at the emulator; fresh buckets per test."""
-    suffix = request.node.name.replace("_", "-").lower()[-30:].strip("-")
+    import hashlib
+
+    suffix = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
     names = {"LANDING_BUCKET": f"landing-{suffix}", "STAGING_BUCKET": f"staging-{suffix}",
              "EVIDENCE_BUCKET": f"staging-{suffix}"}
     env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

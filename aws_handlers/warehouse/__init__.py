@@ -48,6 +48,35 @@ class Warehouse(Protocol):
     def query(self, sql: str) -> list[tuple]: ...
 
 
+def read_load_result(warehouse: Any, contract: Contract, batch_id: str) -> LoadResult:
+    """After the batch's transaction committed: its ledger rows and row counts, read back with the
+    same queries on every engine (anything with `query(sql) -> rows`)."""
+    queries = result_queries(contract, batch_id)
+    ledger = [dict(zip(("file_key", "sha256", "status", "duplicate_of_batch", "rows"), row))
+              for row in warehouse.query(queries["ledger"])]
+    for entry in ledger:
+        entry["rows"] = int(entry["rows"]) if entry["rows"] is not None else None
+    rows_by_file = {key: int(n) for key, n in warehouse.query(queries["rows_by_file"])}
+    rows_inserted = int(warehouse.query(queries["batch_rows"])[0][0])
+    table_rows = int(warehouse.query(queries["table_rows"])[0][0])
+    now = utc_now_iso()
+    return LoadResult(
+        batch_id=batch_id, table=contract.table, files=ledger, rows_inserted=rows_inserted, table_rows_after=table_rows,
+        started_at=now, finished_at=now, duration_seconds=0.0, statements=0, engine=getattr(warehouse, "engine", "unknown"),
+        duplicates=[f for f in ledger if f["status"] == "duplicate"], rows_by_file=rows_by_file)
+
+
+class _ConnectionQueries:
+    """An open DuckDB connection seen through the `query` interface (inside load_batch)."""
+    engine = "duckdb"
+
+    def __init__(self, con):
+        self.con = con
+
+    def query(self, sql: str) -> list[tuple]:
+        return self.con.execute(sql).fetchall()
+
+
 def loaded_at_now() -> str:
     return utc_now_iso().replace("T", " ").rstrip("Z")
 
@@ -102,20 +131,12 @@ class DuckDBWarehouse:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-            queries = result_queries(contract, batch_id)
-            ledger = [dict(zip(("file_key", "sha256", "status", "duplicate_of_batch", "rows"), row))
-                      for row in con.execute(queries["ledger"]).fetchall()]
-            batch_rows = con.execute(queries["batch_rows"]).fetchone()[0]
-            table_rows = con.execute(queries["table_rows"]).fetchone()[0]
-            rows_by_file = {key: int(n) for key, n in con.execute(queries["rows_by_file"]).fetchall()}
+            result = read_load_result(_ConnectionQueries(con), contract, batch_id)
         finally:
             con.close()
-        return LoadResult(
-            batch_id=batch_id, table=contract.table, files=ledger, rows_inserted=int(batch_rows),
-            table_rows_after=int(table_rows), started_at=started_wall, finished_at=utc_now_iso(),
-            duration_seconds=round(time.perf_counter() - started, 6), statements=len(statements), engine=self.engine,
-            duplicates=[f for f in ledger if f["status"] == "duplicate"], rows_by_file=rows_by_file,
-        )
+        result.started_at, result.statements = started_wall, len(statements)
+        result.duration_seconds = round(time.perf_counter() - started, 6)
+        return result
 
     def query(self, sql: str) -> list[tuple]:
         con = self.connect(read_only=True)

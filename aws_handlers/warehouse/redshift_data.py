@@ -11,8 +11,8 @@ from typing import Any
 
 from ..core import utc_now_iso
 from ..core.contract import Contract
-from ..core.load_sql import LoadFile, batch_load_statements, ddl_statements, result_queries
-from . import LoadResult
+from ..core.load_sql import LoadFile, batch_load_statements, ddl_statements
+from . import LoadResult, read_load_result
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
 
@@ -78,19 +78,8 @@ class RedshiftDataWarehouse:
                 return rows
             kwargs["NextToken"] = page["NextToken"]
 
-    def read_load_result(self, contract: Contract, batch_id: str, *, statements: int = 0, started_at: str | None = None,
-                         duration_seconds: float = 0.0) -> LoadResult:
-        queries = result_queries(contract, batch_id)
-        ledger = [dict(zip(("file_key", "sha256", "status", "duplicate_of_batch", "rows"), row))
-                  for row in self.query(queries["ledger"])]
-        for entry in ledger:
-            entry["rows"] = int(entry["rows"]) if entry["rows"] is not None else None
-        rows_by_file = {key: int(n) for key, n in self.query(queries["rows_by_file"])}
-        return LoadResult(
-            batch_id=batch_id, table=contract.table, files=ledger, rows_inserted=int(self.query(queries["batch_rows"])[0][0]),
-            table_rows_after=int(self.query(queries["table_rows"])[0][0]), started_at=started_at or utc_now_iso(),
-            finished_at=utc_now_iso(), duration_seconds=duration_seconds, statements=statements, engine=self.engine,
-            duplicates=[f for f in ledger if f["status"] == "duplicate"], rows_by_file=rows_by_file)
+    def read_load_result(self, contract: Contract, batch_id: str) -> LoadResult:
+        return read_load_result(self, contract, batch_id)
 
     def load_batch(self, contract: Contract, batch_id: str, files: list[LoadFile], loaded_at: str, *,
                    copy_manifest_uri: str | None = None, batch_files_uri: str | None = None) -> LoadResult:
@@ -99,6 +88,7 @@ class RedshiftDataWarehouse:
             contract, batch_id, files, loaded_at, "redshift", copy_manifest_uri=copy_manifest_uri,
             iam_role_arn=self.copy_role_arn, batch_files_uri=batch_files_uri)
         self.execute_batch(sqls)
-        return self.read_load_result(contract, batch_id, statements=len(sqls), started_at=started_wall,
-                                     duration_seconds=round(time.perf_counter() - started, 6))
-
+        result = read_load_result(self, contract, batch_id)
+        result.started_at, result.statements = started_wall, len(sqls)
+        result.duration_seconds = round(time.perf_counter() - started, 6)
+        return result

@@ -12,14 +12,17 @@ Dagster events.
 import json
 from typing import Any, Iterator
 
-from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey,
-                     AssetSpec, Config, DynamicPartitionsDefinition, Failure, MaterializeResult, MetadataValue,
-                     TableColumn, TableSchema, multi_asset)
+from dagster import (AssetCheckKey, AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext,
+                     AssetKey, AssetMaterialization, AssetSpec, Config, DynamicPartitionsDefinition, Failure,
+                     MaterializeResult, MetadataValue, TableColumn, TableSchema, multi_asset)
 
 from aws_handlers.core.contract import Contract, load_contract
-from aws_handlers.core.pipeline import BatchInput, BatchInputError, BatchRun, Layout
+from aws_handlers.core.load_sql import primary_key_duplicates_query
+from aws_handlers.core.pipeline import (BatchInput, BatchInputError, BatchRun, Layout, evaluate_checks,
+                                        read_batch_manifests)
+from aws_handlers.warehouse import read_load_result
 
-from .resources import LocalPipelineResource
+from .resources import AWSPipelineResource, PipelineResource
 
 ASSET_NAMES = ("landing_csv", "staging_parquet", "warehouse_table", "evidence_report")
 CHECK_ASSET = {"contract_conformance": "staging_parquet", "row_reconciliation": "warehouse_table",
@@ -40,6 +43,11 @@ def batch_partitions(dataset: str) -> DynamicPartitionsDefinition:
 
 def job_name(dataset: str) -> str:
     return f"{dataset}_batch"
+
+
+def check_keys(dataset: str) -> list[AssetCheckKey]:
+    """A checks-only run of a batch: RunRequest(job_name=job_name(d), asset_selection=[], asset_check_keys=...)."""
+    return [AssetCheckKey(asset_key(dataset, asset), name) for name, asset in CHECK_ASSET.items()]
 
 
 def batch_op_name(dataset: str) -> str:
@@ -123,9 +131,9 @@ def evidence_metadata(run: BatchRun) -> dict[str, Any]:
     }
 
 
-def check_results(run: BatchRun, dataset: str) -> list[AssetCheckResult]:
+def check_results(checks: list[dict[str, Any]], dataset: str) -> list[AssetCheckResult]:
     results = []
-    reported = {c["name"]: c for c in run.checks}
+    reported = {c["name"]: c for c in checks}
     for name, asset in CHECK_ASSET.items():
         check = reported.get(name) or {"passed": False, "severity": "ERROR",
                                         "detail": "not evaluated: the batch failed before this could be checked",
@@ -138,7 +146,9 @@ def check_results(run: BatchRun, dataset: str) -> list[AssetCheckResult]:
     return results
 
 
-def resolve_batch(context: AssetExecutionContext, dataset: str, config: BatchConfig, pipeline: LocalPipelineResource) -> BatchInput:
+def resolve_batch(context: AssetExecutionContext, dataset: str, config: BatchConfig, pipeline: PipelineResource) -> BatchInput:
+    """The partition's files: from run config (sensor, CLI), else the batch document stored at its
+    first run, else (aws) the input of the Step Functions execution named after the batch."""
     batch_id = context.partition_key
     stores = pipeline.stores()
     doc_key = Layout.batch_document_key(dataset, batch_id)
@@ -146,8 +156,94 @@ def resolve_batch(context: AssetExecutionContext, dataset: str, config: BatchCon
         return BatchInput.from_document({"batch_id": batch_id, "dataset": dataset, "files": list(config.files)})
     if stores.staging.exists(doc_key):
         return BatchInput.from_document(json.loads(stores.staging.get_bytes(doc_key)))
-    raise Failure(description=f"batch {batch_id!r} of {dataset} has no files: it was never started by the sensor or "
-                              f"the CLI, so there is no batch document at {stores.staging.uri(doc_key)}")
+    if isinstance(pipeline, AWSPipelineResource):
+        sfn = pipeline.client("stepfunctions")
+        try:
+            original = sfn.describe_execution(executionArn=pipeline.execution_arn(batch_id))
+            return BatchInput.from_document(json.loads(original["input"]))
+        except sfn.exceptions.ExecutionDoesNotExist:
+            pass
+    raise Failure(description=f"batch {batch_id!r} of {dataset} has no files: it was never started by a sensor, the "
+                              f"CLI or AWS, so there is no batch document at {stores.staging.uri(doc_key)}")
+
+
+def _failure(dataset: str, batch_id: str, errors: list[dict[str, Any]], metadata: dict[str, Any]) -> Failure:
+    return Failure(description=f"batch {batch_id} of {dataset} FAILED: " + "; ".join(
+        _error_text(e) for e in errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""),
+        metadata=metadata)
+
+
+def run_locally(context, contract: Contract, batch: BatchInput, config: BatchConfig, pipeline: PipelineResource,
+                keys: dict[str, AssetKey]) -> Iterator[Any]:
+    """Local runtime: every step in this process, each asset reported as its step completes."""
+    run = BatchRun(contract=contract, batch=batch, stores=pipeline.stores(), warehouse=pipeline.warehouse(),
+                   runtime={**pipeline.runtime(), "orchestrator": "dagster", "run_id": context.run_id},
+                   declared_encoding=config.declared_encoding or None, progress=_progress_logger(context))
+    run.register_inputs()
+    run.convert()
+    if run.manifests:
+        yield MaterializeResult(asset_key=keys["landing_csv"], metadata=landing_metadata(run))
+    if run.manifests and not run.failed:
+        yield MaterializeResult(asset_key=keys["staging_parquet"], metadata=staging_metadata(run, contract))
+    run.load()
+    if run.load_result is not None:
+        yield MaterializeResult(asset_key=keys["warehouse_table"], metadata=table_metadata(run, contract))
+    run.run_checks()
+    run.write_evidence()
+    yield MaterializeResult(asset_key=keys["evidence_report"], metadata=evidence_metadata(run))
+    yield from check_results(run.checks, batch.dataset)
+    if run.failed:
+        errors = run.result()["errors"]
+        raise _failure(batch.dataset, batch.batch_id, errors, {
+            "errors": MetadataValue.json(errors), "summary": MetadataValue.json(run.report["summary"]),
+            "evidence_html": MetadataValue.path(run.report_location["html"])})
+
+
+def run_on_aws(context, contract: Contract, batch: BatchInput, pipeline: "AWSPipelineResource",
+               keys: dict[str, AssetKey]) -> Iterator[Any]:
+    """AWS runtime: one Step Functions execution for the partition (named so the sensor skips it),
+    waited for; the materializations come from its execution output."""
+    import time
+
+    from .aws_events import asset_events, dagster_execution_name, execution_facts, output_of
+
+    sfn = pipeline.client("stepfunctions")
+    name = dagster_execution_name(batch.batch_id, context.run_id)
+    started = sfn.start_execution(stateMachineArn=pipeline.state_machine_arn, name=name,
+                                  input=json.dumps(batch.to_document(), ensure_ascii=False))
+    context.log.info(f"started {started['executionArn']}")
+    while True:
+        description = sfn.describe_execution(executionArn=started["executionArn"])
+        if description["status"] != "RUNNING":
+            break
+        time.sleep(pipeline.poll_seconds)
+    facts = execution_facts(description)
+    stores = pipeline.stores()
+    output = output_of(facts, stores.evidence)
+    events = asset_events(batch.dataset, facts, output, pipeline.console_url(facts["execution_arn"]), asset_key)
+    yield MaterializeResult(asset_key=keys["landing_csv"], metadata={
+        "files": MetadataValue.json([{"key": k, "uri": stores.landing.uri(k)} for k in batch.files]),
+        "file_count": len(batch.files), "execution_arn": facts["execution_arn"]})
+    for event in events:
+        if isinstance(event, AssetMaterialization):
+            yield MaterializeResult(asset_key=event.asset_key, metadata=dict(event.metadata))
+    if facts["status"] != "SUCCEEDED" or (output or {}).get("status") != "SUCCEEDED":
+        errors = (output or {}).get("errors") or [{"message": f"{facts['error']}: {facts['cause']}"}]
+        raise _failure(batch.dataset, batch.batch_id, errors, {
+            "execution_arn": facts["execution_arn"], "error": facts["error"] or "", "cause": (facts["cause"] or "")[:4000],
+            "errors": MetadataValue.json(errors)})
+
+
+def evaluate_current_checks(contract: Contract, batch_id: str, pipeline: PipelineResource) -> list[dict[str, Any]]:
+    """The three checks on what is there now (a checks-only run, e.g. after the sensor recorded an
+    execution): the batch's manifests in staging and its rows in the warehouse."""
+    stores = pipeline.stores()
+    manifests = read_batch_manifests(stores.staging, contract.dataset, batch_id)
+    warehouse = pipeline.warehouse()
+    load = read_load_result(warehouse, contract, batch_id).to_dict() if manifests else None
+    pk_sql = primary_key_duplicates_query(contract)
+    duplicates = warehouse.query(pk_sql) if (pk_sql and load is not None) else []
+    return evaluate_checks(contract, manifests, load, duplicates)
 
 
 def build_batch_assets(contract: Contract):
@@ -175,37 +271,28 @@ def build_batch_assets(contract: Contract):
     )]
 
     @multi_asset(name=batch_op_name(dataset), specs=specs, check_specs=check_specs, partitions_def=partitions,
-                 can_subset=False, op_tags={"dataset": dataset})
-    def run_batch(context: AssetExecutionContext, config: BatchConfig, pipeline: LocalPipelineResource) -> Iterator[Any]:
+                 can_subset=True, op_tags={"dataset": dataset})
+    def run_batch(context: AssetExecutionContext, config: BatchConfig, pipeline: PipelineResource) -> Iterator[Any]:
         active_contract = load_contract(config.contract_path) if config.contract_path else contract
+        if not context.selected_asset_keys:  # a checks-only run
+            checks = evaluate_current_checks(active_contract, context.partition_key, pipeline)
+            selected = {k.name for k in context.selected_asset_check_keys}
+            yield from (r for r in check_results(checks, dataset) if r.check_name in selected)
+            return
         try:
             batch = resolve_batch(context, dataset, config, pipeline)
         except BatchInputError as exc:
             raise Failure(description=str(exc)) from exc
-        run = BatchRun(contract=active_contract, batch=batch, stores=pipeline.stores(), warehouse=pipeline.warehouse(),
-                       runtime={**pipeline.runtime(), "orchestrator": "dagster", "run_id": context.run_id},
-                       declared_encoding=config.declared_encoding or None,
-                       progress=_progress_logger(context))
-        run.register_inputs()
-        run.convert()
-        if run.manifests:
-            yield MaterializeResult(asset_key=keys["landing_csv"], metadata=landing_metadata(run))
-        if run.manifests and not run.failed:
-            yield MaterializeResult(asset_key=keys["staging_parquet"], metadata=staging_metadata(run, active_contract))
-        run.load()
-        if run.load_result is not None:
-            yield MaterializeResult(asset_key=keys["warehouse_table"], metadata=table_metadata(run, active_contract))
-        run.run_checks()
-        run.write_evidence()
-        yield MaterializeResult(asset_key=keys["evidence_report"], metadata=evidence_metadata(run))
-        yield from check_results(run, dataset)
-        if run.failed:
-            errors = run.result()["errors"]
-            raise Failure(
-                description=f"batch {batch.batch_id} of {dataset} FAILED: " + "; ".join(
-                    _error_text(e) for e in errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""),
-                metadata={"errors": MetadataValue.json(errors), "summary": MetadataValue.json(run.report["summary"]),
-                          "evidence_html": MetadataValue.path(run.report_location["html"])})
+        # A batch is atomic: any selection runs all of it; only the selected assets are reported.
+        events = (run_on_aws(context, active_contract, batch, pipeline, keys) if isinstance(pipeline, AWSPipelineResource)
+                  else run_locally(context, active_contract, batch, config, pipeline, keys))
+        for event in events:
+            key = event.asset_key
+            if isinstance(event, AssetCheckResult):
+                if AssetCheckKey(key, event.check_name) in context.selected_asset_check_keys:
+                    yield event
+            elif key in context.selected_asset_keys:
+                yield event
 
     return run_batch
 

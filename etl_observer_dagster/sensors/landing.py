@@ -23,7 +23,7 @@ from dagster import (AddDynamicPartitionsRequest, DefaultSensorStatus, RunReques
 from aws_handlers.storage import ObjectInfo
 
 from ..assets import batch_op_name, job_name, partitions_def_name
-from ..resources import LocalPipelineResource
+from ..resources import PipelineResource
 
 SETTLE_SECONDS = 2.0
 MAX_FILES_PER_BATCH = 1000
@@ -97,7 +97,7 @@ def build_landing_sensor(jobs: list, datasets: list[str], minimum_interval_secon
     @sensor(name="landing_sensor", jobs=jobs, minimum_interval_seconds=minimum_interval_seconds,
             default_status=DefaultSensorStatus.RUNNING,
             description="Batches new CSV files per dataset from the landing store and launches their runs.")
-    def landing_sensor(context: SensorEvaluationContext, pipeline: LocalPipelineResource):
+    def landing_sensor(context: SensorEvaluationContext, pipeline: PipelineResource):
         cursor = LandingCursor.parse(context.cursor)
         batches, new_cursor, ignored = plan_batches(pipeline.stores().landing.list(), cursor, set(datasets),
                                                     time.time_ns())

@@ -192,3 +192,27 @@ def test_contract_flag_runs_a_dataset_the_location_does_not_know(home, capsys, t
     data.write_text("visit_id,place\n1,鯖江\n2,\"Tokyo, JP\"\n", encoding="utf-8")
     code, summary, _ = cli(capsys, "run", "--dataset", "visits", "--contract", str(contract), "--batch-id", "v1", str(data))
     assert (code, summary["status"], summary["total_loaded_rows"]) == (0, "SUCCEEDED", 2)
+
+
+def test_checks_only_run_evaluates_the_batch_as_it_is_now(home, capsys):
+    import duckdb
+    from dagster import DagsterInstance
+
+    from etl_observer_dagster.assets import check_keys
+    from etl_observer_dagster.definitions import build_definitions
+
+    assert cli(capsys, "run", "--dataset", "employees", "--batch-id", "b1", SAMPLE)[0] == 0
+    # what the Step Functions sensor requests after recording an execution: the checks, no assets
+    job = build_definitions().resolve_job_def("employees_batch").get_subset(
+        asset_selection=set(), asset_check_selection=set(check_keys("employees")))
+    result = job.execute_in_process(instance=DagsterInstance.get(), partition_key="b1")
+    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert checks == {"contract_conformance": True, "row_reconciliation": True, "primary_key_unique": True}
+    assert result.get_asset_materialization_events() == []
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:  # tamper: a row loaded twice
+        con.execute("INSERT INTO public.employees SELECT * FROM public.employees WHERE employee_id = 1001")
+    result = job.execute_in_process(instance=DagsterInstance.get(), partition_key="b1")
+    failed = {e.asset_check_evaluation_data.check_name for e in result.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed}
+    assert failed == {"row_reconciliation", "primary_key_unique"}

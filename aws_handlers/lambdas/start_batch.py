@@ -1,7 +1,7 @@
 """EventBridge S3 "Object Created" -> one Step Functions execution per delivered object.
 
-The batch id (and so the execution name) is derived from the object's bucket, key and version
-(sequencer/ETag): a re-delivered event maps to the same name, and Step Functions refuses a second
+The batch id (and so the execution name) is derived from the object's bucket, key and ETag:
+a re-delivered event maps to the same name, and Step Functions refuses a second
 execution with that name, so a duplicated event can never run a batch twice.
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ def object_from_event(event: dict[str, Any]) -> dict[str, Any]:
             "sequencer": obj.get("sequencer", ""), "version_id": obj.get("version-id", ""), "time": event.get("time", "")}
 
 
-def batch_id_for(obj: dict[str, Any]) -> str:
-    digest = hashlib.sha256("|".join(str(obj[k]) for k in ("bucket", "key", "etag", "sequencer", "version_id"))
-                            .encode()).hexdigest()[:20]
-    stamp = "".join(ch for ch in obj.get("time", "") if ch.isdigit())[:14]
-    return f"s3-{stamp}-{digest}" if stamp else f"s3-{digest}"
+def batch_id_for(bucket: str, key: str, etag: str) -> str:
+    """From what both an event and a bucket listing show, so Dagster's S3 sensor can name the same
+    partition without seeing the event. The same bytes re-uploaded under the same key map to the
+    same batch (their content would be a ledger duplicate anyway); reprocessing is a backfill."""
+    return "s3-" + hashlib.sha256(f"{bucket}|{key}|{etag.strip(chr(34))}".encode()).hexdigest()[:24]
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if not dataset or not obj["key"].lower().endswith(".csv") or not obj.get("size"):
         log("skipped: not a non-empty CSV under a dataset folder", key=obj["key"], size=obj.get("size"))
         return {"started": False, "reason": "not a dataset CSV", "key": obj["key"]}
-    batch_id = batch_id_for(obj)
+    batch_id = batch_id_for(obj["bucket"], obj["key"], obj["etag"])
     document = {"batch_id": batch_id, "dataset": dataset, "files": [obj["key"]]}
     sfn = client("stepfunctions")
     machine_arn, name = env("STATE_MACHINE_ARN"), batch_id[:MAX_EXECUTION_NAME]

@@ -22,12 +22,13 @@ def test_objects_sharing_the_watermark_second_are_not_missed_nor_repeated():
     first = [obj("employees/a.csv", 50 * S), obj("employees/b.csv", 50 * S)]
     batches, cursor, _ = plan_batches(first, LandingCursor(), {"employees"}, now)
     assert [o.key for o in batches["employees"]] == ["employees/a.csv", "employees/b.csv"]
-    assert cursor == LandingCursor(50 * S, ("employees/a.csv", "employees/b.csv"))
+    assert cursor == LandingCursor(50 * S, (("employees/a.csv", "e", 50 * S), ("employees/b.csv", "e", 50 * S)))
     # c.csv appears later with the same timestamp (and sorts between them): picked, a and b are not
     later = first + [obj("employees/aa.csv", 50 * S)]
     batches, cursor2, _ = plan_batches(later, LandingCursor.parse(cursor.serialize()), {"employees"}, now)
     assert [o.key for o in batches["employees"]] == ["employees/aa.csv"]
-    assert cursor2 == LandingCursor(50 * S, ("employees/a.csv", "employees/aa.csv", "employees/b.csv"))
+    assert cursor2 == LandingCursor(50 * S, (("employees/a.csv", "e", 50 * S), ("employees/aa.csv", "e", 50 * S),
+                                             ("employees/b.csv", "e", 50 * S)))
     assert plan_batches(later, cursor2, {"employees"}, now)[0] == {}
 
 
@@ -36,21 +37,21 @@ def test_unsettled_files_wait_and_everything_after_them_waits_too():
     objects = [obj("employees/old.csv", 90 * S), obj("employees/fresh.csv", 99 * S), obj("employees/z.csv", 99 * S + 1)]
     batches, cursor, _ = plan_batches(objects, LandingCursor(), {"employees"}, now, settle_seconds=2)
     assert [o.key for o in batches["employees"]] == ["employees/old.csv"]
-    assert cursor == LandingCursor(90 * S, ("employees/old.csv",))
+    assert cursor == LandingCursor(90 * S, (("employees/old.csv", "e", 90 * S),))
     batches, cursor, _ = plan_batches(objects, cursor, {"employees"}, now + 5 * S, settle_seconds=2)
     assert [o.key for o in batches["employees"]] == ["employees/fresh.csv", "employees/z.csv"]
-    assert cursor == LandingCursor(99 * S + 1, ("employees/z.csv",))
+    assert cursor == LandingCursor(99 * S + 1, (("employees/z.csv", "e", 99 * S + 1),))
 
 
 def test_rewritten_file_comes_back_unknown_datasets_and_non_csv_are_skipped():
     now = 100 * S
-    cursor = LandingCursor(50 * S, ("employees/a.csv",))
+    cursor = LandingCursor(50 * S, (("employees/a.csv", "old", 50 * S),))
     objects = [obj("employees/a.csv", 60 * S, etag="new"), obj("nocontract/x.csv", 61 * S), obj("employees/readme.txt", 62 * S),
                obj("employees/empty.csv", 63 * S, size=0), obj("toplevel.csv", 64 * S)]
     batches, new_cursor, ignored = plan_batches(objects, cursor, {"employees"}, now)
     assert [o.key for o in batches["employees"]] == ["employees/a.csv"]
     assert ignored == ["nocontract/x.csv", "toplevel.csv"]
-    assert new_cursor == LandingCursor(64 * S, ("toplevel.csv",))
+    assert new_cursor == LandingCursor(64 * S, (("toplevel.csv", "e", 64 * S),))
 
 
 def test_batches_are_capped_and_the_rest_follows_on_the_next_tick():
@@ -98,7 +99,7 @@ def test_sensor_on_a_real_folder_requests_one_run_per_dataset_and_advances(home,
         (partitions,) = result.dynamic_partitions_requests
         assert (partitions.partitions_def_name, list(partitions.partition_keys)) == ("employees_batches", [batch_id])
         cursor = json.loads(result.cursor)
-        assert cursor["keys_at_watermark"] == ["employees/employees.csv"]
+        assert [entry[0] for entry in cursor["seen"]] == ["employees/employees.csv"]
         assert cursor["watermark_ns"] == target.stat().st_ctime_ns
         again = sensor(build_sensor_context(instance=instance, cursor=result.cursor,
                                             resources={"pipeline": defs.resources["pipeline"]}))

@@ -45,7 +45,9 @@ def test_start_batch_decodes_the_key_and_a_redelivered_event_starts_nothing(aws,
     monkeypatch.setenv("STATE_MACHINE_ARN", arn)
     event = s3_event(aws["LANDING_BUCKET"], "employees/2026/%E7%A4%BE%E5%93%A1+%E4%B8%80%E8%A6%A7.csv")
     first = start_batch.handler(event)
-    assert first["started"] is True and first["batch_id"].startswith("s3-20261203101112-")
+    assert first["started"] is True
+    assert first["batch_id"] == start_batch.batch_id_for(aws["LANDING_BUCKET"], "employees/2026/社員 一覧.csv", "abc")
+    assert first["batch_id"].startswith("s3-") and len(first["batch_id"]) == 27
     execution = sfn.describe_execution(executionArn=first["execution_arn"])
     assert execution["name"] == first["batch_id"]
     assert json.loads(execution["input"]) == {"batch_id": first["batch_id"], "dataset": "employees",

@@ -32,3 +32,24 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setenv("ETL_OBSERVER_ENV", "local")
     return path
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One moto server over HTTP for the session (boto3 and pyarrow alike can talk to it)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_endpoint, monkeypatch):
+    """Standard AWS variables pointing every boto3 client at the emulator (no code changes)."""
+    for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    return moto_endpoint

@@ -3,30 +3,19 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from aws_handlers.lambdas import _runtime
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def aws(moto_endpoint, monkeypatch, request):
+def aws(aws_env, monkeypatch, request):
     """Environment of the deployed functions, pointed at the emulator; fresh buckets per test."""
     import hashlib
 
     suffix = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
     names = {"LANDING_BUCKET": f"landing-{suffix}", "STAGING_BUCKET": f"staging-{suffix}",
              "EVIDENCE_BUCKET": f"staging-{suffix}"}
-    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "EVIDENCE_PREFIX": "evidence/", "REDSHIFT_WORKGROUP": "etl-wg",
+    env = {"EVIDENCE_PREFIX": "evidence/", "REDSHIFT_WORKGROUP": "etl-wg",
            "REDSHIFT_DATABASE": "dev", "COPY_ROLE_ARN": "arn:aws:iam::123456789012:role/copy", **names}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -34,5 +23,5 @@ def aws(moto_endpoint, monkeypatch, request):
     s3 = boto3.client("s3")
     for bucket in {names["LANDING_BUCKET"], names["STAGING_BUCKET"]}:
         s3.create_bucket(Bucket=bucket)
-    yield {"s3": s3, **names, "endpoint": moto_endpoint}
+    yield {"s3": s3, **names, "endpoint": aws_env}
     _runtime.client.cache_clear()

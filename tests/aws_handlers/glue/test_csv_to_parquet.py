@@ -6,7 +6,6 @@ import json
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 from aws_handlers.core.contract import BUNDLED_CONTRACTS_DIR, load_contract
 from aws_handlers.core.convert import convert_csv
@@ -14,17 +13,12 @@ from aws_handlers.glue.csv_to_parquet import main, run
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+@pytest.fixture
+def s3(aws_env):
+    client = boto3.client("s3")
     for bucket in ("landing", "staging"):
         client.create_bucket(Bucket=bucket)
-    yield client, f"http://{host}:{port}"
-    server.stop()
+    return client, aws_env
 
 
 def test_glue_script_writes_the_same_parquet_as_local_mode(s3, tmp_path):

@@ -7,7 +7,6 @@ import json
 import boto3
 import pytest
 from dagster import DagsterInstance, build_sensor_context
-from moto.server import ThreadedMotoServer
 
 from aws_handlers.lambdas.start_batch import batch_id_for
 from aws_handlers.storage import ObjectInfo
@@ -18,20 +17,8 @@ from etl_observer_dagster.sensors.s3_landing import build_s3_landing_sensor
 S = 1_000_000_000
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def pipeline(endpoint, monkeypatch, request):
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
+def pipeline(aws_env, request):
     bucket = f"landing-{abs(hash(request.node.nodeid)) % 10**8}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return AWSPipelineResource(landing_bucket=bucket, staging_bucket=bucket, evidence_bucket=bucket,

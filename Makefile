@@ -9,7 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 export ETL_OBSERVER_HOME ?= $(CURDIR)/.etl_observer
 
-.PHONY: bootstrap demo test dev bench clean
+.PHONY: bootstrap demo demo-aws test dev bench clean
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -36,6 +36,9 @@ test: bootstrap  ## the whole suite
 
 dev: $(VENV)/.synced  ## dagster dev with the landing sensor running; drop CSVs into $ETL_OBSERVER_HOME/landing/<dataset>/
 	$(VENV)/bin/etl-observer dev
+
+demo-aws: $(VENV)/.synced  ## SIMULATION of AWS (moto): executions auto-tracked by dagster dev in aws mode
+	$(VENV)/bin/python -m infra_scripts.demo_aws
 
 bench: $(VENV)/.synced  ## converter speed and memory against the alternatives, one run
 	$(VENV)/bin/python -m tests.bench.bench_convert

@@ -177,7 +177,7 @@ def run_locally(context, contract: Contract, batch: BatchInput, config: BatchCon
                 keys: dict[str, AssetKey]) -> Iterator[Any]:
     """Local runtime: every step in this process, each asset reported as its step completes."""
     run = BatchRun(contract=contract, batch=batch, stores=pipeline.stores(), warehouse=pipeline.warehouse(),
-                   runtime={**pipeline.runtime(), "orchestrator": "dagster", "run_id": context.run_id},
+                   runtime={**pipeline.runtime(), "orchestrator": "dagster", "run_id": context.run.run_id},
                    declared_encoding=config.declared_encoding or None, progress=_progress_logger(context))
     run.register_inputs()
     run.convert()
@@ -208,7 +208,7 @@ def run_on_aws(context, contract: Contract, batch: BatchInput, pipeline: "AWSPip
     from .aws_events import asset_events, dagster_execution_name, execution_facts, output_of
 
     sfn = pipeline.client("stepfunctions")
-    name = dagster_execution_name(batch.batch_id, context.run_id)
+    name = dagster_execution_name(batch.batch_id, context.run.run_id)
     started = sfn.start_execution(stateMachineArn=pipeline.state_machine_arn, name=name,
                                   input=json.dumps(batch.to_document(), ensure_ascii=False))
     context.log.info(f"started {started['executionArn']}")

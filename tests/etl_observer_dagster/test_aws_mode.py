@@ -1,0 +1,82 @@
+"""aws mode against moto: materializing a batch partition starts and waits for a Step Functions
+execution and reports what its output says; a failed execution fails the run with error and cause."""
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from dagster import DagsterInstance, materialize
+
+from aws_handlers.core.contract import BUNDLED_CONTRACTS_DIR, load_contract
+from etl_observer_dagster.assets import build_batch_assets
+from etl_observer_dagster.resources import AWSPipelineResource
+from infra_scripts.demo_aws import stand_in_definition
+from tests.conftest import REPO
+
+CONTRACT = load_contract(BUNDLED_CONTRACTS_DIR / "employees.yaml")
+
+
+@pytest.fixture
+def pipeline(aws_env, request):
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(
+        f"{aws_env}/moto-api/config", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()), timeout=5)
+    suffix = abs(hash(request.node.nodeid)) % 10**8
+    s3, sfn = boto3.client("s3"), boto3.client("stepfunctions")
+    for bucket in (f"landing-{suffix}", f"staging-{suffix}"):
+        s3.create_bucket(Bucket=bucket)
+    arn = sfn.create_state_machine(name=f"ingest-{suffix}", definition=json.dumps(stand_in_definition()),
+                                   roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+    return AWSPipelineResource(landing_bucket=f"landing-{suffix}", staging_bucket=f"staging-{suffix}",
+                               evidence_bucket=f"staging-{suffix}", state_machine_arn=arn, poll_seconds=0.05)
+
+
+def backfill(pipeline, batch_id, files=None, original=True):
+    """What a UI backfill of one partition does in aws mode (the original execution started by AWS)."""
+    sfn = boto3.client("stepfunctions")
+    if original:
+        sfn.start_execution(stateMachineArn=pipeline.state_machine_arn, name=batch_id,
+                            input=json.dumps({"batch_id": batch_id, "dataset": "employees", "files": files}))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("employees_batches", [batch_id])
+    return materialize([build_batch_assets(CONTRACT)], partition_key=batch_id, instance=instance,
+                       resources={"pipeline": pipeline}, raise_on_error=False), sfn
+
+
+def test_backfill_reruns_the_partition_through_step_functions(pipeline):
+    boto3.client("s3").put_object(Bucket=pipeline.landing_bucket, Key="employees/a.csv",
+                                  Body=(REPO / "samples" / "employees.csv").read_bytes())
+    result, sfn = backfill(pipeline, "s3-batch1", ["employees/a.csv"])
+    assert result.success
+    names = sorted(e["name"] for e in sfn.list_executions(stateMachineArn=pipeline.state_machine_arn)["executions"])
+    assert names[0] == "s3-batch1" and names[1].startswith("s3-batch1--dg-")  # the sensor skips the second
+    mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    assert [m.asset_key.to_user_string() for m in mats] == [
+        "employees/landing_csv", "employees/staging_parquet", "employees/warehouse_table", "employees/evidence_report"]
+    table = mats[2].metadata
+    assert (table["dagster/row_count"].value, table["rows_inserted"].value) == (10, 10)
+    assert table["execution_arn"].value.endswith(f":{names[1]}")
+    assert table["console_url"].value.startswith("https://us-east-1.console.aws.amazon.com/states/home")
+
+
+def test_a_failed_execution_fails_the_run_with_its_error_and_cause(pipeline):
+    result, _ = backfill(pipeline, "s3-bad1", ["employees/bad.csv"])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    error = failure.event_specific_data.error
+    assert "batch s3-bad1 of employees FAILED" in error.message
+    metadata = failure.event_specific_data.user_failure_data.metadata
+    assert metadata["error"].value == "GlueJobRunFailed"
+    assert "line 3, column salary" in metadata["cause"].value
+    assert result.get_asset_materialization_events()[0].asset_key.to_user_string() == "employees/landing_csv"
+    assert len(result.get_asset_materialization_events()) == 1  # nothing that did not complete
+
+
+def test_a_partition_nobody_started_is_a_clear_failure(pipeline):
+    result, _ = backfill(pipeline, "never-started", original=False)
+    assert not result.success
+    message = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error.message
+    assert "batch 'never-started' of employees has no files" in message

@@ -13,8 +13,9 @@ REPORT_VERSION = 1
 def _code_version() -> str:
     # Deployed artifacts carry their version in the environment (set by infra_scripts.deploy);
     # a checkout derives it from git so every report names the exact code that produced it.
-    if os.environ.get("ETL_OBSERVER_CODE_VERSION"):
-        return os.environ["ETL_OBSERVER_CODE_VERSION"]
+    for name in ("ETL_OBSERVER_CODE_VERSION", "CUSTOMER_ETL_OBSERVER_CODE_VERSION"):  # Glue: CUSTOMER_ prefix
+        if os.environ.get(name):
+            return os.environ[name]
     repo = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..core.load_sql import batch_files_csv, batch_load_statements, copy_manifest, ddl_statements
+from ..core.load_sql import batch_files_csv, batch_load_statements, copy_manifest
 from ..core.pipeline import BatchInput, Layout, load_files_from_manifests, read_batch_manifests
 from ..warehouse import loaded_at_now
 from ._runtime import contract_for, env, log, stores
@@ -30,7 +30,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     manifest_key, files_key = f"{prefix}_load/copy.manifest", f"{prefix}_load/batch_files.csv"
     staging.put_bytes(manifest_key, json.dumps(copy_manifest(files)).encode(), "application/json")
     staging.put_bytes(files_key, batch_files_csv(files), "text/csv")
-    sqls = ddl_statements(contract, "redshift") + batch_load_statements(
+    # No DDL here: the loader role may not CREATE (least privilege); infra_scripts/redshift_grants.sql
+    # creates the table and the ledger once, from the same ddl_statements.
+    sqls = batch_load_statements(
         contract, batch.batch_id, files, loaded_at_now(), "redshift", copy_manifest_uri=staging.uri(manifest_key),
         iam_role_arn=env("COPY_ROLE_ARN"), batch_files_uri=staging.uri(files_key))
     log("load prepared", batch_id=batch.batch_id, files=len(files), statements=len(sqls))

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core import utc_now_iso
 from ..core.contract import Contract
-from ..core.load_sql import LoadFile, batch_load_statements, ddl_statements
+from ..core.load_sql import LoadFile, batch_load_statements
 from . import LoadResult, read_load_result
 
 TERMINAL = ("FINISHED", "FAILED", "ABORTED")
@@ -84,7 +84,7 @@ class RedshiftDataWarehouse:
     def load_batch(self, contract: Contract, batch_id: str, files: list[LoadFile], loaded_at: str, *,
                    copy_manifest_uri: str | None = None, batch_files_uri: str | None = None) -> LoadResult:
         started_wall, started = utc_now_iso(), time.perf_counter()
-        sqls = ddl_statements(contract, "redshift") + batch_load_statements(
+        sqls = batch_load_statements(  # the table exists: infra_scripts/redshift_grants.sql creates it
             contract, batch_id, files, loaded_at, "redshift", copy_manifest_uri=copy_manifest_uri,
             iam_role_arn=self.copy_role_arn, batch_files_uri=batch_files_uri)
         self.execute_batch(sqls)

@@ -23,7 +23,14 @@ DAGSTER_MARKER = "--dg-"
 
 
 def dagster_execution_name(batch_id: str, run_id: str) -> str:
-    return f"{batch_id}{DAGSTER_MARKER}{run_id[:8]}"[:80]
+    """At most 80 characters (Step Functions' limit) with the marker intact: a long batch id is cut
+    and given a hash of itself so two long ids never share a name."""
+    import hashlib
+
+    suffix = f"{DAGSTER_MARKER}{run_id[:8]}"
+    if len(batch_id) + len(suffix) > 80:
+        batch_id = batch_id[:80 - len(suffix) - 9] + "-" + hashlib.sha256(batch_id.encode()).hexdigest()[:8]
+    return batch_id + suffix
 
 
 def started_by_dagster(execution_name: str) -> bool:

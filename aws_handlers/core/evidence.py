@@ -51,33 +51,43 @@ def read_head(store: ObjectStore, dataset: str) -> dict[str, Any] | None:
     return json.loads(store.get_bytes(key)) if store.exists(key) else None
 
 
-def write_report(store: ObjectStore, report: dict[str, Any]) -> dict[str, Any]:
-    """Chain, render and store a report. Returns {'json': uri, 'html': uri, 'sha256': ..., 'sequence': ...}."""
+def write_report(store: ObjectStore, report: dict[str, Any], attempts: int = 20) -> dict[str, Any]:
+    """Chain, render and store a report. Returns {'json': uri, 'html': uri, 'sha256': ..., 'sequence': ...}.
+
+    Two batches of one dataset may finish at the same time: the head is moved with a
+    compare-and-swap (S3 If-Match; a file lock locally), and the loser takes the next sequence.
+    """
     dataset, batch_id = report["dataset"], report["batch_id"]
-    head = read_head(store, dataset)
-    sequence = (head["sequence"] + 1) if head else 1
-    report["chain"] = {
-        "sequence": sequence,
-        "previous_report_key": head["report_key"] if head else None,
-        "previous_report_sha256": head["sha256"] if head else None,
-    }
-    keys = report_keys(dataset, batch_id, sequence)
-    report["report_keys"] = {"json": keys["json"], "html": keys["html"], "history_json": keys["history_json"]}
-    html_bytes = render_html(report).encode("utf-8")
-    report["html_sha256"] = hashlib.sha256(html_bytes).hexdigest()
-    json_bytes = canonical_json(report)
-    sha = hashlib.sha256(json_bytes).hexdigest()
-    # Immutable history first, then the "latest" copies, then the head: a crash in between leaves
-    # the old head pointing at a complete chain.
-    store.put_bytes(keys["history_html"], html_bytes, "text/html; charset=utf-8")
-    store.put_bytes(keys["history_json"], json_bytes, "application/json")
-    store.put_bytes(keys["html"], html_bytes, "text/html; charset=utf-8")
-    store.put_bytes(keys["json"], json_bytes, "application/json")
-    store.put_bytes(f"{dataset}/{HEAD_KEY}", canonical_json(
-        {"dataset": dataset, "sequence": sequence, "report_key": keys["history_json"], "sha256": sha,
-         "written_at": utc_now_iso()}), "application/json")
-    return {"json": store.uri(keys["json"]), "html": store.uri(keys["html"]), "sha256": sha,
-            "sequence": sequence, "html_sha256": report["html_sha256"]}
+    head_key = f"{dataset}/{HEAD_KEY}"
+    for _ in range(attempts):
+        head_bytes, head_version = store.get_versioned(head_key)
+        head = json.loads(head_bytes) if head_bytes else None
+        sequence = (head["sequence"] + 1) if head else 1
+        report["chain"] = {
+            "sequence": sequence,
+            "previous_report_key": head["report_key"] if head else None,
+            "previous_report_sha256": head["sha256"] if head else None,
+        }
+        keys = report_keys(dataset, batch_id, sequence)
+        report["report_keys"] = {"json": keys["json"], "html": keys["html"], "history_json": keys["history_json"]}
+        html_bytes = render_html(report).encode("utf-8")
+        report["html_sha256"] = hashlib.sha256(html_bytes).hexdigest()
+        json_bytes = canonical_json(report)
+        sha = hashlib.sha256(json_bytes).hexdigest()
+        # Immutable history first, then the head: a crash in between leaves the old head pointing
+        # at a complete chain (and an orphan that verify reports).
+        store.put_bytes(keys["history_html"], html_bytes, "text/html; charset=utf-8")
+        store.put_bytes(keys["history_json"], json_bytes, "application/json")
+        new_head = canonical_json({"dataset": dataset, "sequence": sequence, "report_key": keys["history_json"],
+                                   "sha256": sha, "written_at": utc_now_iso()})
+        if store.put_bytes_if(head_key, new_head, head_version):
+            store.put_bytes(keys["html"], html_bytes, "text/html; charset=utf-8")
+            store.put_bytes(keys["json"], json_bytes, "application/json")
+            return {"json": store.uri(keys["json"]), "html": store.uri(keys["html"]), "sha256": sha,
+                    "sequence": sequence, "html_sha256": report["html_sha256"]}
+        store.delete(keys["history_json"])  # another report took this sequence: retry on top of it
+        store.delete(keys["history_html"])
+    raise RuntimeError(f"could not append to the evidence chain of {dataset} after {attempts} attempts")
 
 
 # ---- HTML (every value escaped: no file content ever becomes markup) ----------------------

@@ -27,6 +27,7 @@ from .load_sql import LoadFile, primary_key_duplicates_query
 from ..storage import ObjectStore
 
 MAX_FILES_PER_BATCH = 10_000
+OUTPUT_FILES_LISTED = 20
 
 
 class BatchInputError(ValueError):
@@ -372,10 +373,13 @@ def execution_output(report: dict[str, Any], location: dict[str, Any]) -> dict[s
     if report.get("outputs") and report["summary"]["successful_conversions"] == len(report.get("inputs", [])):
         assets["staging_parquet"] = {
             "rows": sum(o["rows"] for o in report["outputs"]),
+            "file_count": len(report["outputs"]),
+            # At most OUTPUT_FILES_LISTED: a 1,000-file batch must stay far below Step Functions'
+            # 256 KB state limit. The evidence report (evidence_uri) lists every file.
             "files": [{"source_key": o["source_key"],
                        "source_sha256": next((i["sha256"] for i in report["inputs"] if i["key"] == o["source_key"]), None),
                        "parquet_uri": o["uri"], "parquet_sha256": o["sha256"], "rows": o["rows"],
-                       "manifest_uri": o.get("manifest_uri")} for o in report["outputs"]]}
+                       "manifest_uri": o.get("manifest_uri")} for o in report["outputs"][:OUTPUT_FILES_LISTED]]}
     if report.get("load"):
         assets["warehouse_table"] = {"table": report["contract"]["table"], "rows_inserted": report["load"]["rows_inserted"],
                                      "table_rows_after": report["load"]["table_rows_after"],

@@ -24,7 +24,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     not_converted = [key for key in batch.files if key not in converted]
     if not_converted:
         log("batch not loadable", batch_id=batch.batch_id, not_converted=not_converted[:20])
-        return {"status": "failed", "reason": "files failed or missing conversion", "files": not_converted[:100]}
+        # Every key the state machine reads is present even here: a missing one is an uncatchable error.
+        return {"status": "failed", "reason": "files failed or missing conversion", "files": not_converted[:100],
+                "sqls": [], "copy_manifest_uri": None}
     files = load_files_from_manifests([m for m in manifests if m["input"]["key"] in set(batch.files)])
     prefix = Layout.staging_prefix(batch.dataset, batch.batch_id)
     manifest_key, files_key = f"{prefix}_load/copy.manifest", f"{prefix}_load/batch_files.csv"

@@ -34,6 +34,8 @@ class ObjectStore(Protocol):
     def put_file(self, local_path: str | Path, key: str, content_type: str = "application/octet-stream") -> None: ...
     def delete(self, key: str) -> None: ...
     def sha256(self, key: str) -> str: ...
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]: ...
+    def put_bytes_if(self, key: str, data: bytes, if_match: str | None, content_type: str = "application/json") -> bool: ...
 
 
 def sha256_stream(stream: BinaryIO, chunk_size: int = 1 << 20) -> str:
@@ -79,8 +81,8 @@ class LocalStore:
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
             for name in sorted(filenames):
-                if ".tmp-" in name:
-                    continue  # an atomic write in progress
+                if ".tmp-" in name or (name.startswith(".") and name.endswith(".lock")):
+                    continue  # an atomic write in progress, or a compare-and-swap lock
                 full = Path(dirpath) / name
                 key = full.relative_to(base).as_posix()
                 if not key.startswith(prefix):
@@ -127,6 +129,27 @@ class LocalStore:
 
     def sha256(self, key: str) -> str:
         return sha256_file(self.path(key))
+
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """Content and a version tag (its SHA-256), for a compare-and-swap with put_bytes_if."""
+        path = self.path(key)
+        if not path.is_file():
+            return None, None
+        data = path.read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_bytes_if(self, key: str, data: bytes, if_match: str | None, content_type: str = "application/json") -> bool:
+        """Write only if the object is still at version `if_match` (None: only if it does not exist)."""
+        import fcntl
+
+        lock_path = self.path(key).with_name(f".{self.path(key).name}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.get_versioned(key)[1] != if_match:
+                return False
+            self.put_bytes(key, data, content_type)
+            return True
 
 
 class S3Store:
@@ -189,6 +212,25 @@ class S3Store:
 
     def sha256(self, key: str) -> str:
         return sha256_stream(self.open_input(key))
+
+    def get_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+        except self.client.exceptions.NoSuchKey:
+            return None, None
+        return response["Body"].read(), response["ETag"]
+
+    def put_bytes_if(self, key: str, data: bytes, if_match: str | None, content_type: str = "application/json") -> bool:
+        """S3 conditional write (If-Match / If-None-Match): two writers cannot both win."""
+        condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type,
+                                   **condition)
+            return True
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -80,3 +80,13 @@ def test_a_partition_nobody_started_is_a_clear_failure(pipeline):
     assert not result.success
     message = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error.message
     assert "batch 'never-started' of employees has no files" in message
+
+
+def test_dagster_execution_names_fit_80_characters_and_keep_the_marker():
+    from etl_observer_dagster.aws_events import dagster_execution_name, started_by_dagster
+
+    assert dagster_execution_name("s3-batch1", "abcdef0123456789") == "s3-batch1--dg-abcdef01"
+    long_a, long_b = "a" * 120 + "1", "a" * 120 + "2"
+    name_a, name_b = dagster_execution_name(long_a, "r" * 36), dagster_execution_name(long_b, "r" * 36)
+    assert len(name_a) == 80 and name_a != name_b
+    assert started_by_dagster(name_a) and not started_by_dagster(long_a)

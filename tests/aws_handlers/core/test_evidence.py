@@ -108,3 +108,50 @@ def test_a_deleted_report_breaks_the_chain(done):
     (tmp_path / "evidence/employees/b2/history/000002.json").unlink()
     problems = verify_dataset(stores.evidence, "employees")["problems"]
     assert problems[0] == f"{tmp_path}/evidence/employees/b2/history/000002.json: report missing (sequence 2)"
+
+
+def _race(store, writers=8):
+    """Reports of different batches of one dataset finishing at the same moment."""
+    import threading
+
+    from aws_handlers.core.evidence import write_report
+
+    barrier = threading.Barrier(writers)
+    results, errors = [], []
+
+    def write(i):
+        report = {"dataset": "employees", "batch_id": f"r{i}", "status": "SUCCEEDED",
+                  "summary": {"status": "SUCCEEDED", "batch_id": f"r{i}"}}
+        barrier.wait()
+        try:
+            results.append(write_report(store, report)["sequence"])
+        except Exception as exc:  # pragma: no cover - shown by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results), errors
+
+
+def test_concurrent_reports_never_fork_the_chain_locally(tmp_path):
+    store = LocalStore(tmp_path / "evidence")
+    sequences, errors = _race(store)
+    assert errors == [] and sequences == list(range(1, 9))
+    result = verify_dataset(store, "employees")
+    assert (result["ok"], result["reports"], result["problems"]) == (True, 8, [])
+
+
+def test_concurrent_reports_never_fork_the_chain_on_s3(aws_env):
+    import boto3
+
+    from aws_handlers.storage import S3Store
+
+    boto3.client("s3").create_bucket(Bucket="evidence-race")
+    store = S3Store("evidence-race", "evidence/", client=boto3.client("s3"))
+    sequences, errors = _race(store)
+    assert errors == [] and sequences == list(range(1, 9))
+    result = verify_dataset(store, "employees")
+    assert (result["ok"], result["reports"], result["problems"]) == (True, 8, [])

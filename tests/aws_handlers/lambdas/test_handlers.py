@@ -108,7 +108,8 @@ def test_prepare_load_refuses_a_batch_with_a_failed_file(aws):
     aws["s3"].put_object(Bucket=aws["LANDING_BUCKET"], Key="employees/bad.csv", Body=b"employee_id\n1\n")
     convert_all(aws, "p2", ["employees/bad.csv"])
     plan = prepare_load.handler({"batch_id": "p2", "dataset": "employees", "files": ["employees/bad.csv"]})
-    assert plan == {"status": "failed", "reason": "files failed or missing conversion", "files": ["employees/bad.csv"]}
+    assert plan == {"status": "failed", "reason": "files failed or missing conversion", "files": ["employees/bad.csv"],
+                    "sqls": [], "copy_manifest_uri": None}
 
 
 def stub_query(stubber, rows):

@@ -37,3 +37,28 @@ def test_dagster_instance_lives_in_the_home_with_the_welcome_modal_off(home):
     build_definitions(current_settings())
     config = (home / "dagster" / "dagster.yaml").read_text()
     assert "nux:\n  enabled: false" in config
+
+
+def _keys(defs):
+    return sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
+
+
+def test_aws_mode_has_the_same_asset_keys_and_observes_aws(home, monkeypatch):
+    import pytest
+
+    from etl_observer_dagster.resources import AWSPipelineResource
+
+    local = build_definitions(current_settings())
+    monkeypatch.setenv("ETL_OBSERVER_ENV", "aws")
+    with pytest.raises(ValueError, match="ETL_OBSERVER_LANDING_BUCKET"):
+        build_definitions(current_settings())
+    for name, value in {"ETL_OBSERVER_LANDING_BUCKET": "landing", "ETL_OBSERVER_STAGING_BUCKET": "staging",
+                        "ETL_OBSERVER_STATE_MACHINE_ARN": "arn:aws:states:eu-west-1:123456789012:stateMachine:ingest",
+                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(name, value)
+    aws = build_definitions(current_settings())
+    assert _keys(aws) == _keys(local)
+    assert sorted(s.name for s in aws.sensors) == ["s3_landing_sensor", "step_functions_sensor"]
+    resource = aws.resources["pipeline"]
+    assert isinstance(resource, AWSPipelineResource)
+    assert (resource.evidence_bucket, resource.evidence_prefix, resource.region) == ("staging", "evidence/", "eu-west-1")

@@ -46,10 +46,22 @@ def moto_endpoint():
     server.stop()
 
 
+def moto_execute_mode(endpoint: str, on: bool) -> None:
+    """moto runs state machine definitions only in this mode, and keeps their state in another
+    backend while it is on: tests that turn it on must not leave it on for the others."""
+    import json
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(
+        f"{endpoint}/moto-api/config", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"stepfunctions": {"execute_state_machine": on}}).encode()), timeout=5)
+
+
 @pytest.fixture
 def aws_env(moto_endpoint, monkeypatch):
     """Standard AWS variables pointing every boto3 client at the emulator (no code changes)."""
     for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
-    return moto_endpoint
+    yield moto_endpoint
+    moto_execute_mode(moto_endpoint, False)

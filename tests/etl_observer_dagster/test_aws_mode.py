@@ -12,18 +12,14 @@ from aws_handlers.core.contract import BUNDLED_CONTRACTS_DIR, load_contract
 from etl_observer_dagster.assets import build_batch_assets
 from etl_observer_dagster.resources import AWSPipelineResource
 from infra_scripts.demo_aws import stand_in_definition
-from tests.conftest import REPO
+from tests.conftest import REPO, moto_execute_mode
 
 CONTRACT = load_contract(BUNDLED_CONTRACTS_DIR / "employees.yaml")
 
 
 @pytest.fixture
 def pipeline(aws_env, request):
-    import urllib.request
-
-    urllib.request.urlopen(urllib.request.Request(
-        f"{aws_env}/moto-api/config", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()), timeout=5)
+    moto_execute_mode(aws_env, True)  # aws_env turns it off again
     suffix = abs(hash(request.node.nodeid)) % 10**8
     s3, sfn = boto3.client("s3"), boto3.client("stepfunctions")
     for bucket in (f"landing-{suffix}", f"staging-{suffix}"):

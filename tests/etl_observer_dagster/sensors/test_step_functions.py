@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
+
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -20,6 +20,7 @@ from dagster import (AssetKey, AssetMaterialization, AssetObservation, DagsterIn
 
 import etl_observer_dagster.sensors.step_functions as sfn_sensor
 from aws_handlers.core.contract import BUNDLED_CONTRACTS_DIR, load_contract
+from tests.conftest import moto_execute_mode
 from etl_observer_dagster.assets import build_batch_assets, check_keys, job_name
 from etl_observer_dagster.aws_events import dagster_execution_name
 from etl_observer_dagster.resources import AWSPipelineResource
@@ -117,9 +118,7 @@ def documented_output(evidence_bucket: str, dataset: str, batch_id: str) -> dict
 
 
 def make_aws(endpoint: str, machine: dict | None = None) -> Aws:
-    urllib.request.urlopen(urllib.request.Request(
-        f"{endpoint}/moto-api/config", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()), timeout=5)
+    moto_execute_mode(endpoint, True)  # the aws_env fixture turns it off again
     suffix = uuid.uuid4().hex[:10]
     s3, sfn = boto3.client("s3"), boto3.client("stepfunctions")
     buckets = {"landing_bucket": f"landing-{suffix}", "staging_bucket": f"staging-{suffix}",

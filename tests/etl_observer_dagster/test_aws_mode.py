@@ -2,6 +2,7 @@
 execution and reports what its output says; a failed execution fails the run with error and cause."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import boto3
@@ -86,3 +87,42 @@ def test_dagster_execution_names_fit_80_characters_and_keep_the_marker():
     name_a, name_b = dagster_execution_name(long_a, "r" * 36), dagster_execution_name(long_b, "r" * 36)
     assert len(name_a) == 80 and name_a != name_b
     assert started_by_dagster(name_a) and not started_by_dagster(long_a)
+
+
+def test_checks_requested_after_an_execution_run_against_s3_and_redshift(pipeline, tmp_path, monkeypatch):
+    """The checks-only run the Step Functions sensor requests: manifests from the staging bucket,
+    row counts and key uniqueness from Redshift over redshift-connector (its driver edge replaced by
+    one that runs the same SQL on DuckDB, where the batch was loaded by the same load SQL)."""
+    import duckdb
+
+    from aws_handlers.core.pipeline import load_files_from_manifests, read_batch_manifests
+    from aws_handlers.glue.csv_to_parquet import run as run_glue
+    from aws_handlers.warehouse import DuckDBWarehouse
+    from aws_handlers.warehouse.redshift_iam import RedshiftConnectorWarehouse
+    from etl_observer_dagster.assets import check_keys
+    from tests.aws_handlers.warehouse.test_redshift_iam import DuckDBConnection
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=pipeline.landing_bucket, Key="employees/a.csv", Body=(REPO / "samples" / "employees.csv").read_bytes())
+    run_glue({"batch_id": "s3-c1", "dataset": "employees", "source_key": "employees/a.csv",
+              "landing_bucket": pipeline.landing_bucket, "staging_bucket": pipeline.staging_bucket}, s3_client=s3)
+    manifests = read_batch_manifests(pipeline.stores().staging, "employees", "s3-c1")
+    local_parquet = tmp_path / "a.parquet"
+    local_parquet.write_bytes(s3.get_object(Bucket=pipeline.staging_bucket, Key="employees/batch_id=s3-c1/a.parquet")["Body"].read())
+    files = [dataclasses.replace(f, parquet_uri=str(local_parquet)) for f in load_files_from_manifests(manifests)]
+    DuckDBWarehouse(tmp_path / "redshift.duckdb").load_batch(CONTRACT, "s3-c1", files, "2026-12-03 00:00:00")
+    monkeypatch.setattr(AWSPipelineResource, "warehouse", lambda self: RedshiftConnectorWarehouse(
+        "etl-wg", "dev", connect=lambda **kw: DuckDBConnection(duckdb.connect(str(tmp_path / "redshift.duckdb")))))
+
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("employees_batches", ["s3-c1"])
+    from dagster import Definitions, define_asset_job
+
+    defs = Definitions(assets=[build_batch_assets(CONTRACT)], resources={"pipeline": pipeline},
+                       jobs=[define_asset_job("employees_batch", selection="*")])
+    job = defs.resolve_job_def("employees_batch").get_subset(asset_selection=set(),
+                                                              asset_check_selection=set(check_keys("employees")))
+    result = job.execute_in_process(instance=instance, partition_key="s3-c1")
+    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert checks == {"contract_conformance": True, "row_reconciliation": True, "primary_key_unique": True}

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import CODE_VERSION, MANIFEST_VERSION, utc_now_iso
 from .cast import convert_column
-from .contract import SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN, Contract
+from .contract import Contract
 from .csv_reader import (HashingReader, NulByteError, choose_encoding, iter_records, locate_decode_error,
                          locate_offset, tokenize_quoting)
 from .errors import DataError, RowError, shorten

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from . import CODE_VERSION, REPORT_VERSION, utc_now_iso

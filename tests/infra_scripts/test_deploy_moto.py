@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 from moto.cloudformation.models import ChangeSet

@@ -38,7 +38,7 @@ dev: $(VENV)/.synced  ## dagster dev with the landing sensor running; drop CSVs 
 	$(VENV)/bin/etl-observer dev
 
 demo-aws: $(VENV)/.synced  ## SIMULATION of AWS (moto): executions auto-tracked by dagster dev in aws mode
-	$(VENV)/bin/python -m infra_scripts.demo_aws
+	ETL_OBSERVER_HOME=$(CURDIR)/.etl_observer_aws $(VENV)/bin/python -m infra_scripts.demo_aws
 
 bench: $(VENV)/.synced  ## converter speed and memory against the alternatives, one run
 	$(VENV)/bin/python -m tests.bench.bench_convert

@@ -314,7 +314,8 @@ def _progress_logger(context: AssetExecutionContext):
 
     def report(what: str, done: int, total: int | None) -> None:
         now = time.monotonic()
-        if now - last["t"] < 2.0:
+        finished = bool(total) and done >= total
+        if now - last["t"] < 2.0 and not finished:
             return
         last["t"] = now
         pct = f" ({100 * done / total:.0f}%)" if total else ""

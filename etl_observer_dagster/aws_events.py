@@ -11,12 +11,14 @@ import json
 from datetime import datetime
 from typing import Any
 
-from dagster import AssetMaterialization, AssetObservation, MetadataValue
+from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetMaterialization, AssetObservation, MetadataValue
 
 from aws_handlers.core.evidence import report_keys
 from aws_handlers.core.pipeline import execution_output
 
 ORDER = ("staging_parquet", "warehouse_table", "evidence_report")
+# The check that a failed execution fails, by the first asset it did not complete.
+FAILED_STEP_CHECK = {"staging_parquet": "contract_conformance", "warehouse_table": "row_reconciliation"}
 # Executions Dagster itself started (backfills, materializations in aws mode) carry this marker in
 # their name; the sensor skips them because the run that started them records them.
 DAGSTER_MARKER = "--dg-"
@@ -101,7 +103,14 @@ def asset_events(dataset: str, facts: dict[str, Any], output: dict[str, Any] | N
                                                metadata={**common, **specific[name](assets[name])}))
     if facts["status"] != "SUCCEEDED":
         missing = next((n for n in ORDER if n not in assets), "evidence_report")
-        events.append(AssetObservation(asset_key=asset_key(dataset, missing), partition=batch_id, metadata={
-            **common, "error": facts["error"] or "", "cause": (facts["cause"] or "")[:4000],
-            "errors": MetadataValue.json((output or {}).get("errors", []))}))
+        failure = {**common, "error": facts["error"] or "", "cause": (facts["cause"] or "")[:4000],
+                   "errors": MetadataValue.json((output or {}).get("errors", []))}
+        events.append(AssetObservation(asset_key=asset_key(dataset, missing), partition=batch_id, metadata=failure))
+        # A failed check on the step that did not complete shows the failure in red on the asset.
+        check = FAILED_STEP_CHECK.get(missing)
+        if check:
+            events.append(AssetCheckEvaluation(
+                asset_key=asset_key(dataset, missing), check_name=check, passed=False, partition=batch_id,
+                severity=AssetCheckSeverity.ERROR, metadata=failure,
+                description=f"execution {facts['status']}: {facts['error'] or ''}: {(facts['cause'] or '')[:300]}"))
     return events

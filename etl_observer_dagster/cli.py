@@ -173,8 +173,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     repo = Path(__file__).resolve().parent.parent
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(repo / "workspace.yaml"), "--port", str(args.port), "--host", args.host]
-    print(f"[etl-observer] home {settings.home}; drop CSVs into {settings.landing_dir}/<dataset>/ "
-          f"(datasets: see {settings.contracts_dir} and the bundled contracts)", file=sys.stderr)
+    if settings.env == "local":
+        print(f"[etl-observer] home {settings.home}; drop CSVs into {settings.landing_dir}/<dataset>/ "
+              f"(datasets: see {settings.contracts_dir} and the bundled contracts)", file=sys.stderr)
+    else:
+        print(f"[etl-observer] aws mode: observing the landing bucket and the state machine; home {settings.home}",
+              file=sys.stderr)
     os.chdir(repo)
     os.execv(command[0], command)
     return EXIT_OK  # not reached
@@ -191,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--contract", help="contract YAML to use instead of the dataset's registered one")
     run.add_argument("--input", help="a Step Functions input document: {batch_id, dataset, files}")
     run.add_argument("--encoding", help="declare the files' encoding (utf-8, utf-8-sig, cp932, shift_jis)")
-    run.add_argument("--log-level", default="WARNING", help="Dagster log level on stderr (default WARNING)")
+    run.add_argument("--log-level", default="CRITICAL",
+                     help="Dagster log level on stderr (default CRITICAL: data errors are in the JSON summary; "
+                          "use INFO or DEBUG to see every step)")
     run.set_defaults(func=cmd_run)
 
     verify = sub.add_parser("verify", help="recompute the evidence hash chain and every recorded file hash")

@@ -41,7 +41,7 @@ def stand_in_definition() -> dict:
             "Converted": {"Type": "Pass", "End": True, "Parameters": {
                 "status": "SUCCEEDED", "total_loaded_rows": 10, "successful_conversions": 1, "successful_loads": 1,
                 "failure_count": 0, "batch_id.$": "$.batch_id", "dataset.$": "$.dataset",
-                "evidence_uri": f"{staging}/evidence/employees/report.json", "code_version": "simulation",
+                "evidence_uri": f"{staging}/evidence/employees/report.json", "code_version": "SIMULATION (moto stand-in, not AWS)",
                 "assets": {
                     "staging_parquet": {"rows": 10, "files": [{"source_key.$": "$.files[0]", "parquet_uri": f"{staging}/employees/x.parquet",
                                                                "parquet_sha256": "0" * 64, "rows": 10}]},
@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     dev = subprocess.Popen([str(Path(sys.executable).with_name("etl-observer")), "dev", "--port", str(args.port)],
                            env={**os.environ, **env, "ETL_OBSERVER_HOME": str(home)}, cwd=REPO, start_new_session=True)
     print(f"open http://127.0.0.1:{args.port} (Ctrl-C stops dagster dev and moto)", file=sys.stderr)
+    def stop(signum, frame):  # SIGTERM too, not only Ctrl-C: never leave moto or dagster dev behind
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         return dev.wait()
     except KeyboardInterrupt:
@@ -134,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:  # dagster dev may ignore SIGTERM
                 os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 if __name__ == "__main__":

@@ -252,6 +252,9 @@ def convert_csv(
                 tmp_output.unlink()
         hashing.drain()
 
+    errors.sort(key=lambda e: (e.line is None, e.line or 0))  # type errors are found per chunk, ragged rows at once
+    if progress and hashing.size:
+        progress(hashing.size)  # the last progress line says 100%
     finished = time.perf_counter()
     status = "failed" if (errors and on_error == "fail") or not output_path.exists() else "converted"
     if status == "failed" and output_path.exists():

@@ -121,18 +121,19 @@ def render_html(report: dict[str, Any]) -> str:
 body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}} table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}
 th,td{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top;font-size:.9rem}}
 th{{background:#f3f3f3}} .muted{{color:#888}} .SUCCEEDED{{color:#0a7a2f}} .FAILED{{color:#b00020}}
-code{{font-size:.85rem}}
+code{{font-size:.85rem}} td{{overflow-wrap:anywhere;max-width:36rem}}
 </style></head><body>
 <h1>Evidence report — {_e(report['dataset'])} / {_e(report['batch_id'])}</h1>
 <p>Status: <strong class="{_e(status)}">{_e(status)}</strong> · generated {_e(report.get('generated_at'))}
  · code {_e(report.get('code_version'))} · contract {_e(report.get('contract', {}).get('label'))}
- (<code>{_e(report.get('contract', {}).get('sha256'))}</code>)</p>
+ (contract SHA-256 <code>{_e(report.get('contract', {}).get('sha256'))}</code>)</p>
 <h2>Summary</h2><table>{kv}</table>
 <h2>Steps</h2>{_table(report.get('steps', []), ['name', 'status', 'started_at', 'finished_at', 'duration_seconds'])}
 <h2>What came in</h2>{_table(inputs, ['key', 'size', 'sha256', 'encoding', 'records'])}
-<h2>What it became</h2>{_table(report.get('outputs', []), ['source_key', 'uri', 'rows', 'size', 'sha256'])}
+<h2>What it became</h2>{_table(report.get('outputs', []), ['source_key', 'uri', 'rows', 'size', 'sha256', 'manifest_uri'])}
 <h2>Load</h2>{_table([report['load']] if report.get('load') else [], ['table', 'engine', 'rows_inserted', 'table_rows_after', 'duration_seconds'])}
 <h2>Reconciliation (CSV rows = Parquet rows = loaded rows)</h2>{_table(report.get('reconciliation', []), ['file', 'csv_rows', 'parquet_rows', 'rejected_rows', 'loaded_rows', 'status'])}
+<h2>Ledger (every file of the batch: loaded or duplicate)</h2>{_table(report.get('ledger', []), ['file_key', 'status', 'duplicate_of_batch', 'rows', 'sha256'])}
 <h2>Duplicates (content already loaded; not loaded again)</h2>{_table(report.get('duplicates', []), ['file_key', 'sha256', 'duplicate_of_batch', 'rows'])}
 <h2>Checks</h2>{_table(checks, ['name', 'passed', 'detail'])}
 <h2>Errors</h2>{_table(report.get('errors', []), ['file', 'line', 'column', 'message', 'value'])}

@@ -210,7 +210,8 @@ class _Tick:
             batches.append(batch_id)
         self.observed.recorded.append(arn)
         table = asset_key(dataset, "warehouse_table")
-        if facts["status"] in CHECKED_AFTER and any(
+        # The checks query Redshift: request them only where a workgroup is configured.
+        if facts["status"] in CHECKED_AFTER and self.pipeline.redshift_workgroup and any(
                 isinstance(e, AssetMaterialization) and e.asset_key == table for e in events):
             self.observed.run_requests.append(RunRequest(
                 job_name=job_name(dataset), partition_key=batch_id, asset_selection=[],

@@ -128,7 +128,7 @@ def make_aws(endpoint: str, machine: dict | None = None) -> Aws:
     arn = sfn.create_state_machine(name=f"ingest-{suffix}",
                                    definition=json.dumps(machine or definition(buckets["evidence_bucket"])),
                                    roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
-    return Aws(AWSPipelineResource(**buckets, state_machine_arn=arn, region="us-east-1"))
+    return Aws(AWSPipelineResource(**buckets, state_machine_arn=arn, region="us-east-1", redshift_workgroup="etl-wg"))
 
 
 @pytest.fixture
@@ -233,7 +233,9 @@ def test_success_and_failures_are_recorded_upstream_first_with_checks_requested(
         ("AssetMaterialization", "evidence_report", "b-ok"),
         ("AssetMaterialization", "evidence_report", "b-failed"),
         ("AssetObservation", "staging_parquet", "b-failed"),
+        ("AssetCheckEvaluation", "staging_parquet", "b-failed"),
         ("AssetObservation", "staging_parquet", "b-failed-bare"),
+        ("AssetCheckEvaluation", "staging_parquet", "b-failed-bare"),
     ]
     staging, table, evidence = events[:3]
     assert {arn_of(e) for e in events[:3]} == {ok}
@@ -244,7 +246,10 @@ def test_success_and_failures_are_recorded_upstream_first_with_checks_requested(
     assert evidence.metadata["status"].value == "SUCCEEDED"
     assert evidence.metadata["report_json"].value == f"s3://{aws.pipeline.evidence_bucket}/evidence/employees/b-ok/report.json"
 
-    report, observation, bare_observation = events[3:]
+    report, observation, failed_check, bare_observation, bare_check = events[3:]
+    for check in (failed_check, bare_check):  # shown in red on the asset that the execution did not produce
+        assert (check.check_name, check.passed, check.metadata["error"].value) == (
+            "contract_conformance", False, "GlueJobRunFailed")
     assert arn_of(report) == arn_of(observation) == failed and arn_of(bare_observation) == bare
     assert report.metadata["status"].value == "FAILED"
     for obs in (observation, bare_observation):
@@ -468,7 +473,7 @@ def stubbed(aws_env, monkeypatch):
     monkeypatch.setattr(AWSPipelineResource, "client",
                         lambda self, service: client if service == "stepfunctions" else original(self, service))
     pipeline = AWSPipelineResource(landing_bucket="l", staging_bucket="s", evidence_bucket="e", state_machine_arn=ARN,
-                                   region="us-east-1")
+                                   region="us-east-1", redshift_workgroup="etl-wg")
     with stub:
         yield stub, pipeline
         stub.assert_no_pending_responses()
@@ -609,3 +614,14 @@ def test_a_tick_out_of_time_stops_midway_and_the_next_one_resumes(lean_aws, api_
         seen += recorded_arns(result)
         cursor = result.cursor
     assert seen == arns
+
+
+def test_no_checks_are_requested_without_a_redshift_workgroup(aws):
+    """The checks query Redshift; without a workgroup (e.g. make demo-aws) they would only fail."""
+    aws.start("b-ok")
+    aws.wait_until_finished()
+    pipeline = AWSPipelineResource(landing_bucket=aws.pipeline.landing_bucket, staging_bucket=aws.pipeline.staging_bucket,
+                                   evidence_bucket=aws.pipeline.evidence_bucket, region="us-east-1",
+                                   state_machine_arn=aws.pipeline.state_machine_arn)
+    result = tick(sensor_for_tests(), None, pipeline)
+    assert result.run_requests == [] and len(events_of(result)) == 3

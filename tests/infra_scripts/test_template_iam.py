@@ -147,3 +147,13 @@ def test_key_policy_services_are_conditioned_or_publish_only(template):
             assert statement.get("Condition"), statement["Sid"]
         if "AWS" in principal:
             assert principal["AWS"]["Fn::Sub"] == "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"
+
+
+def test_the_code_that_deletes_objects_may_delete_exactly_those(template):
+    """moto does not enforce IAM, so the permissions the code needs are asserted here: the Glue job
+    removes a stale Parquet of its batch; write_evidence retracts a history entry that lost the race."""
+    def deletes(role: str) -> list:
+        return [s["Resource"] for s in role_statements(template, role) if "s3:DeleteObject" in as_list(s["Action"])]
+
+    assert deletes("GlueJobRole") == [{"Fn::Sub": "${StagingBucket.Arn}/*/batch_id=*"}]
+    assert deletes("WriteEvidenceRole") == [{"Fn::Sub": "${StagingBucket.Arn}/evidence/*"}]

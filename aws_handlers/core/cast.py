@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from decimal import Decimal, InvalidOperation
 
 import pyarrow as pa
@@ -21,6 +22,31 @@ DECIMAL_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
 _INT_RE = re.compile(INT_PATTERN)
 _DECIMAL_RE = re.compile(DECIMAL_PATTERN)
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+# strptime is lenient (blanks, any Unicode digit); a value must first match its format exactly.
+# Padding stays optional (%m matches "5" and "05"): US exports write 5/14/1987.
+_DIRECTIVE_PATTERNS = {
+    "Y": "[0-9]{4}", "y": "[0-9]{2}", "m": "(0?[1-9]|1[0-2])", "d": "(0?[1-9]|[12][0-9]|3[01])",
+    "H": "([01]?[0-9]|2[0-3])", "I": "(0?[1-9]|1[0-2])", "M": "[0-5]?[0-9]", "S": "([0-5]?[0-9]|6[01])",
+    "f": "[0-9]{1,6}", "j": "[0-9]{1,3}", "p": "(AM|PM|am|pm)", "b": "[A-Za-z]{3}", "B": "[A-Za-z]{3,9}",
+    "a": "[A-Za-z]{3}", "A": "[A-Za-z]{6,9}", "z": "[+-][0-9]{4}", "%": "%",
+}
+
+
+@lru_cache(maxsize=None)
+def format_pattern(fmt: str) -> str:
+    """An anchored regex (Python re and RE2 alike) for the exact text a strptime format allows."""
+    out, i = [], 0
+    while i < len(fmt):
+        if fmt[i] == "%" and i + 1 < len(fmt):
+            directive = fmt[i + 1]
+            if directive not in _DIRECTIVE_PATTERNS:
+                raise ValueError(f"unsupported strptime directive %{directive} in {fmt!r}")
+            out.append(_DIRECTIVE_PATTERNS[directive])
+            i += 2
+        else:
+            out.append(re.escape(fmt[i]))
+            i += 1
+    return "^" + "".join(out) + "$"
 
 
 class BadValue(Exception):
@@ -57,6 +83,8 @@ def convert_value(text: str, column: Column, contract: Contract):
             return False
         raise BadValue(f"is not a boolean (accepted: {list(contract.true_values)} / {list(contract.false_values)})")
     if ctype in ("date", "timestamp"):
+        if not re.fullmatch(format_pattern(column.format or ""), text):
+            raise BadValue(f"is not {_describe_type(column)}")
         try:
             parsed = datetime.strptime(text, column.format or "")
         except ValueError:
@@ -104,8 +132,12 @@ def _fast_path(strings: pa.Array, column: Column, contract: Contract) -> pa.Arra
                 return None
             return pc.if_else(non_null, is_true, pa.scalar(None, pa.bool_()))
         if ctype in ("date", "timestamp"):
-            parsed = pc.strptime(strings, format=column.format, unit="us" if ctype == "timestamp" else "s",
-                                 error_is_null=True)
+            shaped = pc.match_substring_regex(strings, format_pattern(column.format))
+            if not pc.all(pc.or_kleene(shaped, pc.invert(non_null))).as_py():
+                return None
+            # Seconds: Arrow has no %f (such formats fall through to Python) and %S of a [us]
+            # timestamp would print fractions, so the round trip below could never match.
+            parsed = pc.strptime(strings, format=column.format, unit="s", error_is_null=True)
             if pc.sum(pc.is_valid(parsed)).as_py() != pc.sum(non_null).as_py():
                 return None  # e.g. %f, which Arrow's strptime lacks: let Python decide
             # glibc's strptime rolls 2021-02-30 forward to March and skips leading blanks; only a

@@ -239,6 +239,14 @@ def contract_from_dict(data: dict[str, Any], where: str = "contract") -> Contrac
         fmt = raw.get("format")
         if ctype in ("date", "timestamp"):
             _require(isinstance(fmt, str) and "%" in fmt, cw, f"{ctype} needs a strptime format, e.g. %Y-%m-%d")
+            _require(ctype == "timestamp" or not re.search(r"%[HIMSfpz]", fmt), cw,
+                     f"a date format cannot hold a time of day ({fmt!r}); use type timestamp")
+            try:
+                from .cast import format_pattern
+
+                format_pattern(fmt)
+            except ValueError as exc:
+                raise ContractError(f"{cw}: {exc}") from None
         else:
             _require(fmt is None, cw, "format is only for date and timestamp columns")
         max_bytes = raw.get("max_bytes")

@@ -228,3 +228,33 @@ def test_valid_unpadded_dates_still_convert(tmp_path):
     outcome, out = run(tmp_path, b"d\n5/14/1987\n12/01/2001\n", contract)
     assert outcome.ok
     assert [d.isoformat() for d in pq.read_table(out).column("d").to_pylist()] == ["1987-05-14", "2001-12-01"]
+
+
+# Review findings: the exact (Python) rule accepted blanks and full-width digits; date formats with a time.
+@pytest.mark.parametrize("value", ["2021-01- 5", "２０２１-01-05", "2021-01-05 "])
+def test_dates_with_blanks_or_full_width_digits_are_errors(tmp_path, value):
+    contract = contract_from_dict({"dataset": "t", "columns": [{"name": "d", "type": "date", "format": "%Y-%m-%d"}]})
+    err = only_error(run(tmp_path, f"d\n{value}\n".encode(), contract)[0])
+    assert (err.line, err.column, err.message) == (2, "d", f'"{value}" is not a date in format %Y-%m-%d')
+
+
+def test_a_date_format_cannot_carry_a_time_of_day():
+    from aws_handlers.core.contract import ContractError
+
+    with pytest.raises(ContractError, match="a date format cannot hold a time of day"):
+        contract_from_dict({"dataset": "t", "columns": [{"name": "d", "type": "date", "format": "%Y-%m-%d %H:%M"}]})
+
+
+def test_timestamps_take_the_vectorized_path(tmp_path, monkeypatch):
+    import aws_handlers.core.cast as cast
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("slow path used for clean timestamps")
+
+    monkeypatch.setattr(cast, "convert_value", refuse)
+    contract = contract_from_dict({"dataset": "t", "columns": [{"name": "at", "type": "timestamp",
+                                                                 "format": "%Y-%m-%d %H:%M:%S"}]})
+    outcome, out = run(tmp_path, b"at\n2024-02-29 23:59:58\n2024-03-01 00:00:00\n", contract)
+    assert outcome.ok
+    assert [t.isoformat() for t in pq.read_table(out).column("at").to_pylist()] == [
+        "2024-02-29T23:59:58", "2024-03-01T00:00:00"]

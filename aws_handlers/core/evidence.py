@@ -75,8 +75,10 @@ def write_report(store: ObjectStore, report: dict[str, Any], attempts: int = 20)
         sha = hashlib.sha256(json_bytes).hexdigest()
         # Immutable history first, then the head: a crash in between leaves the old head pointing
         # at a complete chain (and an orphan that verify reports).
+        # Put-if-absent: a concurrent run of the same batch may hold this sequence's history key.
+        if not store.put_bytes_if(keys["history_json"], json_bytes, None, "application/json"):
+            continue
         store.put_bytes(keys["history_html"], html_bytes, "text/html; charset=utf-8")
-        store.put_bytes(keys["history_json"], json_bytes, "application/json")
         new_head = canonical_json({"dataset": dataset, "sequence": sequence, "report_key": keys["history_json"],
                                    "sha256": sha, "written_at": utc_now_iso()})
         if store.put_bytes_if(head_key, new_head, head_version):
@@ -166,6 +168,8 @@ def recorded_files(report: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield "staging Parquet", item["uri"], item["sha256"]
         if item.get("manifest_uri") and item.get("manifest_sha256"):
             yield "conversion manifest", item["manifest_uri"], item["manifest_sha256"]
+        if item.get("rejects_uri") and item.get("rejects_sha256"):
+            yield "rejects CSV", item["rejects_uri"], item["rejects_sha256"]  # quarantined rows are evidence
 
 
 def verify_dataset(store: ObjectStore, dataset: str, *, check_files: bool = True,
@@ -179,14 +183,9 @@ def verify_dataset(store: ObjectStore, dataset: str, *, check_files: bool = True
         return result
     expected_key, expected_sha, expected_seq = head["report_key"], head["sha256"], head["sequence"]
     # A re-run replaces a batch's staging files, so files are re-hashed against the newest report of
-    # each batch; older reports of that batch are still verified as links of the chain.
-    current_sequence: dict[str, int] = {}
-    for info in store.list(f"{dataset}/"):
-        if info.key.endswith("/report.json"):
-            try:
-                current_sequence[info.key] = json.loads(store.get_bytes(info.key))["chain"]["sequence"]
-            except (ValueError, KeyError, TypeError):
-                pass
+    # each batch — the first one met walking back from the head (the chain, not an editable copy,
+    # says which is newest); older reports of that batch are verified as links of the chain.
+    newest: dict[str, tuple[int, str]] = {}  # latest-copy key -> (sequence, history key)
     chained_history: set[str] = set()
     while expected_key:
         uri = store.uri(expected_key)
@@ -210,7 +209,11 @@ def verify_dataset(store: ObjectStore, dataset: str, *, check_files: bool = True
             problems.append(f"{store.uri(history_html)}: HTML report missing")
         elif store.sha256(history_html) != report.get("html_sha256"):
             problems.append(f"{store.uri(history_html)}: HTML SHA-256 differs from the html_sha256 its JSON recorded")
-        if check_files and current_sequence.get(report.get("report_keys", {}).get("json", "")) == expected_seq:
+        latest_key = report.get("report_keys", {}).get("json", "")
+        is_newest = latest_key not in newest
+        if is_newest:
+            newest[latest_key] = (expected_seq, expected_key)
+        if check_files and is_newest:
             for what, file_uri, sha in recorded_files(report):
                 result["files"] += 1
                 try:
@@ -229,25 +232,17 @@ def verify_dataset(store: ObjectStore, dataset: str, *, check_files: bool = True
         expected_seq -= 1
         if expected_key is None and expected_seq != 0:
             problems.append(f"{uri}: chain ends at sequence {expected_seq + 1}, not 1")
-    # The latest copies (report.json / report.html of each batch) must equal their history entry.
+    # Every batch's latest copies (report.json / report.html) must exist and equal its newest history entry.
+    for latest_key, (sequence, history_key) in newest.items():
+        for latest, history in ((latest_key, history_key),
+                                (latest_key[: -len(".json")] + ".html", history_key[: -len(".json")] + ".html")):
+            if not store.exists(latest):
+                problems.append(f"{store.uri(latest)}: missing (the chain's newest report of this batch is {history})")
+            elif store.exists(history) and store.sha256(latest) != store.sha256(history):
+                problems.append(f"{store.uri(latest)}: differs from {store.uri(history)} (sequence {sequence})")
     for info in store.list(f"{dataset}/"):
-        key = info.key
-        if "/history/" in key and key.endswith(".json") and key not in chained_history:
-            problems.append(f"{store.uri(key)}: report is not part of the chain")
-        if key.endswith("/report.json"):
-            try:
-                sequence = json.loads(store.get_bytes(key))["chain"]["sequence"]
-            except (ValueError, KeyError, TypeError):
-                problems.append(f"{store.uri(key)}: not a readable report")
-                continue
-            batch_dir = key[: -len("report.json")]
-            for suffix in (".json", ".html"):
-                latest = f"{batch_dir}report{suffix}"
-                history = f"{batch_dir}history/{sequence:06d}{suffix}"
-                if not store.exists(history) or not store.exists(latest):
-                    problems.append(f"{store.uri(latest)}: its history entry {history} is missing")
-                elif store.sha256(latest) != store.sha256(history):
-                    problems.append(f"{store.uri(latest)}: differs from {store.uri(history)} (sequence {sequence})")
+        if "/history/" in info.key and info.key.endswith(".json") and info.key not in chained_history:
+            problems.append(f"{store.uri(info.key)}: report is not part of the chain")
     result["ok"] = not problems
     return result
 
@@ -308,7 +303,8 @@ def build_report(*, dataset: str, batch_id: str, contract: dict[str, Any], runti
         outputs.append({"source_key": manifest["input"]["key"], "uri": out["uri"], "key": out.get("key"),
                         "rows": out["rows"], "size": out["size"], "sha256": out["sha256"], "schema": out["schema"],
                         "manifest_uri": manifest.get("manifest_uri"), "manifest_sha256": manifest.get("manifest_sha256"),
-                        "rejects_uri": (manifest.get("rejects") or {}).get("uri")})
+                        "rejects_uri": (manifest.get("rejects") or {}).get("uri"),
+                        "rejects_sha256": (manifest.get("rejects") or {}).get("sha256")})
     failed_files = [m for m in manifests if m["status"] != "converted"]
     missing_inputs = [i for i in input_files if not any(m["input"]["key"] == i["key"] for m in manifests)]
     failure_count = len(failed_files) + len(missing_inputs) + (1 if load_failed else 0)

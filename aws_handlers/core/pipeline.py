@@ -154,7 +154,10 @@ def convert_file(contract: Contract, batch: BatchInput, source: ResolvedInput, s
             manifest["output"].update({"key": parquet_key, "uri": staging.uri(parquet_key)})
             if outcome.rejects_path:
                 staging.put_file(local_rejects, rejects_key, "text/csv; charset=utf-8")
-                manifest["rejects"].update({"key": rejects_key, "uri": staging.uri(rejects_key)})
+                from ..storage import sha256_file
+
+                manifest["rejects"].update({"key": rejects_key, "uri": staging.uri(rejects_key),
+                                            "sha256": sha256_file(local_rejects)})
         else:
             # A failed conversion must not leave an older Parquet of this batch looking current.
             staging.delete(parquet_key)

@@ -155,3 +155,37 @@ def test_concurrent_reports_never_fork_the_chain_on_s3(aws_env):
     assert errors == [] and sequences == list(range(1, 9))
     result = verify_dataset(store, "employees")
     assert (result["ok"], result["reports"], result["problems"]) == (True, 8, [])
+
+
+def test_deleting_a_batchs_latest_copy_does_not_hide_a_changed_file(done):
+    """Review finding: verify took "newest report" from the editable report.json; the chain decides."""
+    tmp_path, stores, _ = done
+    parquet = tmp_path / "staging/employees/batch_id=b1/good.parquet"
+    data = bytearray(parquet.read_bytes())
+    data[50] ^= 0x01
+    parquet.write_bytes(bytes(data))
+    (tmp_path / "evidence/employees/b1/report.json").unlink()
+    (tmp_path / "evidence/employees/b1/report.html").unlink()
+    problems = verify_dataset(stores.evidence, "employees")["problems"]
+    assert any(str(parquet) in p for p in problems)
+    assert any(p.startswith(f"{tmp_path}/evidence/employees/b1/report.json: missing") for p in problems)
+
+
+def test_the_rejects_file_of_a_quarantining_contract_is_verified(tmp_path):
+    import dataclasses
+
+    landing = tmp_path / "landing" / "employees"
+    landing.mkdir(parents=True)
+    text = (REPO / "samples" / "employees.csv").read_text(encoding="utf-8").replace("98000.00", "lots")
+    (landing / "q.csv").write_text(text, encoding="utf-8")
+    stores = Stores(LocalStore(tmp_path / "landing"), LocalStore(tmp_path / "staging"), LocalStore(tmp_path / "evidence"))
+    contract = dataclasses.replace(EMPLOYEES, on_error="quarantine")
+    run = BatchRun(contract, BatchInput.from_document({"batch_id": "q1", "dataset": "employees", "files": ["employees/q.csv"]}),
+                   stores, DuckDBWarehouse(tmp_path / "w.duckdb"))
+    summary = run.run()
+    assert (summary["status"], summary["total_loaded_rows"]) == ("SUCCEEDED", 9)
+    assert verify_dataset(stores.evidence, "employees")["ok"] is True
+    rejects = tmp_path / "staging/employees/batch_id=q1/q.rejects.csv"
+    rejects.write_text(rejects.read_text().replace("lots", "a lot"))
+    problems = verify_dataset(stores.evidence, "employees")["problems"]
+    assert problems[0].startswith(f"{rejects}: rejects CSV SHA-256 is ")

@@ -31,9 +31,9 @@ LINEAGE_COLUMNS = (BATCH_ID_COLUMN, SOURCE_FILE_COLUMN, SOURCE_LINE_COLUMN, LOAD
 SUPPORTED_ENCODINGS = ("utf-8", "utf-8-sig", "cp932", "shift_jis")
 LOAD_MODES = ("replace_batch",)
 ON_ERROR_MODES = ("fail", "quarantine")
-BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-DATASET_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_DECIMAL_RE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")  # \Z: "$" would let a trailing newline in
+DATASET_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+_DECIMAL_RE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)\Z")
 SIMPLE_TYPES = ("string", "int32", "int64", "boolean", "date", "timestamp")
 DEFAULT_TRUE_VALUES = ("true", "t", "yes", "y", "1")
 DEFAULT_FALSE_VALUES = ("false", "f", "no", "n", "0")
@@ -201,12 +201,12 @@ def contract_from_dict(data: dict[str, Any], where: str = "contract") -> Contrac
     unknown = sorted(set(data) - known)
     _require(not unknown, where, f"unknown keys {unknown}")
     dataset = data.get("dataset")
-    _require(isinstance(dataset, str) and bool(DATASET_PATTERN.match(dataset)), where,
+    _require(isinstance(dataset, str) and bool(DATASET_PATTERN.fullmatch(dataset)), where,
              f"dataset must match {DATASET_PATTERN.pattern}, got {dataset!r}")
     version = data.get("version", 1)
     _require(isinstance(version, int) and version >= 1, where, "version must be a positive integer")
     table = data.get("table", f"public.{dataset}")
-    _require(isinstance(table, str) and bool(re.match(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$", table)),
+    _require(isinstance(table, str) and bool(re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", table)),
              where, f"table must be schema.name in lower case, got {table!r}")
     encodings = tuple(e.lower() for e in data.get("encodings", ["utf-8", "utf-8-sig"]))
     for enc in encodings:
@@ -269,13 +269,18 @@ def contract_from_dict(data: dict[str, Any], where: str = "contract") -> Contrac
     primary_key = tuple(data.get("primary_key") or ())
     for pk in primary_key:
         _require(pk in names, where, f"primary_key column {pk!r} is not a column")
-    null_markers = tuple(str(m) for m in (data.get("null_markers") or ()))
+    # YAML turns unquoted null/yes/no/off into None/True/False: refuse rather than stringify them.
+    for key in ("null_markers", "true_values", "false_values"):
+        values = data.get(key) or []
+        _require(isinstance(values, list) and all(isinstance(v, str) for v in values), where,
+                 f"{key} must be a list of quoted strings (YAML reads unquoted null, yes, no, off as other types)")
+    null_markers = tuple(data.get("null_markers") or ())
     return Contract(
         dataset=dataset, version=version, table=table, columns=tuple(columns),
         header=bool(data.get("header", True)), encodings=encodings, null_markers=null_markers,
         primary_key=primary_key, load_mode=load_mode, on_error=on_error, delimiter=delimiter,
-        true_values=tuple(str(v).lower() for v in data.get("true_values", DEFAULT_TRUE_VALUES)),
-        false_values=tuple(str(v).lower() for v in data.get("false_values", DEFAULT_FALSE_VALUES)),
+        true_values=tuple(v.lower() for v in data.get("true_values") or DEFAULT_TRUE_VALUES),
+        false_values=tuple(v.lower() for v in data.get("false_values") or DEFAULT_FALSE_VALUES),
         description=data.get("description"),
     )
 

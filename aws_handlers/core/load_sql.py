@@ -23,7 +23,7 @@ STAGE_TABLE = "etl_stage"
 BATCH_FILES_TABLE = "etl_batch_files"
 FILE_STATUS_TABLE = "etl_batch_file_status"
 DIALECTS = ("redshift", "duckdb")
-_TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+_TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?\Z")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ quiet for `settle_seconds`, so a half-copied CSV is never batched. A re-written 
 change time and comes back as a new delivery; the warehouse ledger decides whether its content
 was already loaded.
 """
+import functools
 import hashlib
 import json
 import time
@@ -50,12 +51,16 @@ class LandingCursor:
     def serialize(self) -> str:
         return json.dumps({"watermark_ns": self.watermark_ns, "seen": [list(s) for s in self.seen]})
 
+    @functools.cached_property
+    def _seen_pairs(self) -> frozenset[tuple[str, str]]:
+        return frozenset((k, e) for k, e, _ in self.seen)  # built once per tick, not per object
+
     def is_new(self, obj: ObjectInfo) -> bool:
         if obj.modified_ns > self.watermark_ns:
             return True
         if obj.modified_ns < self.watermark_ns - self.lookback_ns:
             return False
-        return (obj.key, obj.etag) not in {(k, e) for k, e, _ in self.seen}
+        return (obj.key, obj.etag) not in self._seen_pairs
 
     def advance(self, taken: list[ObjectInfo]) -> "LandingCursor":
         if not taken:

@@ -195,7 +195,8 @@ class _Tick:
             return
         try:
             output = output_of(facts, self.evidence_store())
-        except (ValueError, KeyError, TypeError) as exc:  # an unreadable evidence report: record the execution anyway
+        except Exception as exc:  # noqa: BLE001 - unreadable or forbidden (AccessDenied, KMS): never stall the cursor
+
             self.log.warning(f"{arn}: evidence report unreadable ({exc!r}); recording the execution without it")
             output = None
         batch_id = (output or {}).get("batch_id") or facts["input"].get("batch_id")

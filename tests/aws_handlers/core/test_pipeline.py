@@ -29,3 +29,20 @@ def test_only_path_inputs_can_collide_and_then_get_a_hash():
 def test_batch_document_validation(doc, message):
     with pytest.raises(BatchInputError, match=message.replace("[", r"\[").replace("]", r"\]").replace("|", r"\|")):
         BatchInput.from_document(doc)
+
+
+def test_a_trailing_newline_is_not_a_valid_batch_id_or_dataset():
+    from aws_handlers.core.contract import ContractError, contract_from_dict
+
+    with pytest.raises(BatchInputError, match="must be 1-128 letters"):
+        BatchInput.from_document({"batch_id": "b1\n", "dataset": "e", "files": ["a"]})
+    with pytest.raises(ContractError, match="dataset must match"):
+        contract_from_dict({"dataset": "employees\n", "columns": [{"name": "a"}]})
+
+
+def test_yaml_booleans_and_nulls_are_refused_in_value_lists():
+    from aws_handlers.core.contract import ContractError, contract_from_dict
+
+    for key, values in (("null_markers", [None]), ("true_values", [True]), ("false_values", ["no", False])):
+        with pytest.raises(ContractError, match=f"{key} must be a list of quoted strings"):
+            contract_from_dict({"dataset": "t", key: values, "columns": [{"name": "a"}]})

@@ -67,6 +67,9 @@ def output_of(facts: dict[str, Any], evidence_store) -> dict[str, Any] | None:
     if not evidence_store.exists(keys["json"]):
         return None
     report = json.loads(evidence_store.get_bytes(keys["json"]))
+    written_by = (report.get("runtime") or {}).get("execution_arn")
+    if written_by and written_by != facts["execution_arn"]:
+        return None  # the batch's latest report belongs to another run of it (e.g. a backfill)
     location = {"json": evidence_store.uri(keys["json"]), "html": evidence_store.uri(keys["html"]),
                 "sha256": "", "sequence": report.get("chain", {}).get("sequence")}
     return execution_output(report, location)

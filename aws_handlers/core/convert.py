@@ -39,7 +39,6 @@ PARQUET_OPTIONS = dict(compression="snappy", version="2.6", use_deprecated_int96
 class ConversionOutcome:
     """What one file became. `manifest` is the JSON-ready record written next to the Parquet."""
     manifest: dict[str, Any]
-    parquet_path: str | None = None
     rejects_path: str | None = None
     errors: list[RowError] = field(default_factory=list)
 
@@ -298,7 +297,6 @@ def convert_csv(
             "compression": "snappy",
             "schema": parquet_schema_description(schema),
         }
-        outcome.parquet_path = str(output_path)
         if rejected:
             outcome.rejects_path = str(rejects_path)
     return outcome

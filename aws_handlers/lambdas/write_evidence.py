@@ -19,7 +19,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     s3 = stores()
     run = BatchRun(contract=contract, batch=batch, stores=s3, warehouse=warehouse(),
                    runtime={"mode": "aws", "orchestrator": "stepfunctions", "warehouse": "redshift",
-                            "execution_arn": getattr(context, "execution_arn", None) or event.get("execution_arn")})
+                            "execution_arn": event.get("execution_arn")})  # $$.Execution.Id, from the state machine
     manifests = [m for m in read_batch_manifests(s3.staging, batch.dataset, batch.batch_id) if m["input"]["key"] in set(batch.files)]
     run.manifests = manifests
     run.input_records = [{"key": key, "uri": s3.landing.uri(key), "size": None, "sha256": None} for key in batch.files]

@@ -12,8 +12,7 @@ from typing import Any, Callable, Protocol
 
 from ..core import utc_now_iso
 from ..core.contract import Contract
-from ..core.load_sql import (LoadFile, batch_load_statements, ddl_statements, primary_key_duplicates_query,
-                             result_queries)
+from ..core.load_sql import LoadFile, batch_load_statements, ddl_statements, result_queries
 
 
 @dataclass
@@ -106,14 +105,6 @@ class DuckDBWarehouse:
                     raise
                 time.sleep(0.2)
 
-    def ensure_table(self, contract: Contract) -> None:
-        con = self.connect()
-        try:
-            for statement in ddl_statements(contract, "duckdb"):
-                con.execute(statement)
-        finally:
-            con.close()
-
     def load_batch(self, contract: Contract, batch_id: str, files: list[LoadFile], loaded_at: str) -> LoadResult:
         started_wall, started = utc_now_iso(), time.perf_counter()
         statements = batch_load_statements(contract, batch_id, files, loaded_at, "duckdb")
@@ -145,15 +136,3 @@ class DuckDBWarehouse:
         finally:
             con.close()
 
-    def primary_key_duplicates(self, contract: Contract) -> list[tuple]:
-        sql = primary_key_duplicates_query(contract)
-        if sql is None or not self.path.exists():
-            return []
-        return self.query(sql)
-
-    def table_exists(self, contract: Contract) -> bool:
-        if not self.path.exists():
-            return False
-        rows = self.query("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
-                          f"'{contract.schema_name}' AND table_name = '{contract.table_name}'")
-        return rows[0][0] > 0

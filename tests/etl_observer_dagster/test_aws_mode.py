@@ -126,3 +126,17 @@ def test_checks_requested_after_an_execution_run_against_s3_and_redshift(pipelin
     checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
               for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert checks == {"contract_conformance": True, "row_reconciliation": True, "primary_key_unique": True}
+
+
+def test_a_failed_execution_only_uses_a_report_its_own_run_wrote(tmp_path):
+    from aws_handlers.core.evidence import write_report
+    from aws_handlers.storage import LocalStore
+    from etl_observer_dagster.aws_events import output_of
+
+    store = LocalStore(tmp_path)
+    write_report(store, {"dataset": "employees", "batch_id": "b1", "runtime": {"execution_arn": "arn:x:backfill"},
+                         "contract": {"table": "public.employees"}, "inputs": [], "outputs": [], "errors": [],
+                         "summary": {"status": "FAILED", "batch_id": "b1", "successful_conversions": 0}})
+    facts = {"output": None, "input": {"dataset": "employees", "batch_id": "b1"}, "execution_arn": "arn:x:original"}
+    assert output_of(facts, store) is None
+    assert output_of({**facts, "execution_arn": "arn:x:backfill"}, store)["status"] == "FAILED"

@@ -497,6 +497,7 @@ class Run:
         self.status = described["status"]
         self.output = json.loads(described["output"]) if described.get("output") else None
         self.error, self.cause = described.get("error"), described.get("cause")
+        self.arn = described["executionArn"]
         self.events = events
 
     @property
@@ -587,7 +588,7 @@ def test_success_path_ends_with_exactly_the_documented_execution_output(aws):
     assert run.task_parameters("ValidateBatch") == [{"FunctionName": sub["ValidateBatchFunctionArn"], "Payload": contract}]
     assert run.task_parameters("PrepareLoad") == [{"FunctionName": sub["PrepareLoadFunctionArn"], "Payload": contract}]
     assert run.task_parameters("WriteEvidence") == [{"FunctionName": sub["WriteEvidenceFunctionArn"], "Payload": {
-        **contract, "load": {"Id": LOAD_ID, "Status": "FINISHED"}}}]
+        **contract, "load": {"Id": LOAD_ID, "Status": "FINISHED"}, "execution_arn": run.arn}}]
 
     # every Map item saw the batch id and dataset: what each would have sent to Glue
     [after_map] = run.exited("ConvertFiles")
@@ -615,7 +616,8 @@ def test_nothing_to_load_writes_evidence_without_a_load_then_alerts_and_fails(aw
     assert "LoadBatch" not in run.entered
     assert run.entered[-5:] == ["HasRowsToLoad?", "WriteEvidence", "BatchSucceeded?", "NotifyFailure", "BatchFailed"]
     [written] = run.task_parameters("WriteEvidence")
-    assert written["Payload"] == {"batch_id": "b1", "dataset": "employees", "files": BATCH["files"], "load": None}
+    assert written["Payload"] == {"batch_id": "b1", "dataset": "employees", "files": BATCH["files"], "load": None,
+                                  "execution_arn": run.arn}  # the report says which execution wrote it
     [alert] = aws.alerts()
     assert alert["Subject"] == "etl-observer: ingest batch failed"
     assert alert["Message"].startswith("etl-observer batch b1 of dataset employees failed. Execution: arn:aws:states:")

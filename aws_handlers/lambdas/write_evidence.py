@@ -34,7 +34,15 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                           "started_at": min(m["started_at"] for m in manifests),
                           "finished_at": max(m["finished_at"] for m in manifests),
                           "duration_seconds": round(sum(m["duration_seconds"] for m in manifests), 6)})
-    load = event.get("load") or {}
+    load = dict(event.get("load") or {})
+    if load.get("Id") and load.get("Status") not in ("FINISHED", "FAILED", "ABORTED"):
+        # A timeout (cancel) or a lost describe: a cancel can lose the race with COMMIT, so ask
+        # Redshift how the statement really ended instead of assuming it rolled back.
+        try:
+            description = run.warehouse.client.describe_statement(Id=load["Id"])
+            load.update(Status=description["Status"], Error=description.get("Error", load.get("Error", "")))
+        except Exception as exc:  # noqa: BLE001 - the evidence must still be written
+            load.update(Status="UNKNOWN", Error=f"could not describe statement {load['Id']}: {exc}")
     if load.get("Status") == "FINISHED" and not run.errors:
         result = run.warehouse.read_load_result(contract, batch.batch_id)
         run.load_result = result.to_dict()
@@ -44,7 +52,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                           "duration_seconds": load.get("Duration", 0) / 1e9 if load.get("Duration") else None})
     elif load.get("Status"):
         run.load_failed = True
-        run.errors.append(RowError(contract.table, None, None, f"load {load.get('Status')} and was rolled back: "
+        outcome = ("was rolled back" if load["Status"] in ("FAILED", "ABORTED")
+                   else "did not finish; whether it committed is unknown: check etl_observer.load_ledger")
+        run.errors.append(RowError(contract.table, None, None, f"load {load['Status']} and {outcome}: "
                                    f"{load.get('Error', '')}", "load_failed", contract=contract.label).to_dict())
         run.steps.append({"name": "load", "status": "failed", "statement_id": load.get("Id"),
                           "started_at": None, "finished_at": None, "duration_seconds": None})

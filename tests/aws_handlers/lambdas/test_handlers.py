@@ -190,3 +190,26 @@ def test_data_api_failure_and_pagination():
         with pytest.raises(warehouse.client.exceptions.ActiveStatementsExceededException):
             warehouse.query("SELECT 2")
         stubber.assert_no_pending_responses()
+
+
+def test_a_cancelled_load_that_committed_anyway_is_reported_as_loaded(aws, monkeypatch):
+    """Review finding: after the timeout's cancel, Redshift is asked how the statement ended."""
+    aws["s3"].put_object(Bucket=aws["LANDING_BUCKET"], Key="employees/a.csv", Body=SAMPLE)
+    convert_all(aws, "w3", ["employees/a.csv"])
+    warehouse, stubber = stubbed_warehouse()
+    stubber.add_response("describe_statement", {"Id": "stmt-9", "Status": "FINISHED"}, {"Id": "stmt-9"})
+    stub_query(stubber, [[{"stringValue": "employees/a.csv"}, {"stringValue": "0" * 64}, {"stringValue": "loaded"},
+                          {"isNull": True}, {"longValue": 10}]])
+    stub_query(stubber, [[{"stringValue": "employees/a.csv"}, {"longValue": 10}]])
+    stub_query(stubber, [[{"longValue": 10}]])
+    stub_query(stubber, [[{"longValue": 10}]])
+    stub_query(stubber, [])
+    monkeypatch.setattr(write_evidence, "warehouse", lambda: warehouse)
+    with stubber:
+        output = write_evidence.handler({"batch_id": "w3", "dataset": "employees", "files": ["employees/a.csv"],
+                                         "load": {"Id": "stmt-9", "Status": "STARTED"},
+                                         "error": {"Error": "LoadTimeout", "Cause": "cancelled after 30 min"}})
+        stubber.assert_no_pending_responses()
+    assert (output["status"], output["total_loaded_rows"]) == ("FAILED", 10)
+    assert output["assets"]["warehouse_table"]["rows_inserted"] == 10
+    assert [e["kind"] for e in output["errors"]] == ["step_failed"]

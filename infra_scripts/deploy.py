@@ -122,6 +122,12 @@ def definition_substitution_names(template: dict[str, Any]) -> set[str]:
 PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z0-9_]+)\}")  # as DefinitionSubstitutions reads them
 
 
+def map_max_concurrency(definition: dict[str, Any]) -> int | None:
+    """The largest MaxConcurrency of any Map state in a definition (None: no Map)."""
+    found = [state.get("MaxConcurrency", 0) for state in definition.get("States", {}).values() if state.get("Type") == "Map"]
+    return max(found) if found else None
+
+
 def definition_placeholders(text: str) -> set[str]:
     return set(PLACEHOLDER_RE.findall(text))
 
@@ -513,6 +519,12 @@ def _deploy(args: argparse.Namespace) -> int:
         return template_parameters.get(name, {}).get("Default")
 
     if {"GlueMaxConcurrentRuns", "MapMaxConcurrency"} <= set(template_parameters):
+        # The Map's concurrency is the definition's literal; the parameter only documents it (as a tag),
+        # so it must say the same, and Glue must allow at least that many runs.
+        in_definition = map_max_concurrency(json.loads(definition_text))
+        if in_definition is not None and _number(effective("MapMaxConcurrency")) != in_definition:
+            raise UsageError(f"MapMaxConcurrency ({effective('MapMaxConcurrency')}) must equal the Map's "
+                             f"MaxConcurrency in {args.state_machine_definition.name} ({in_definition})")
         if _number(effective("GlueMaxConcurrentRuns")) < _number(effective("MapMaxConcurrency")):
             raise UsageError(f"GlueMaxConcurrentRuns ({effective('GlueMaxConcurrentRuns')}) must be >= "
                              f"MapMaxConcurrency ({effective('MapMaxConcurrency')})")

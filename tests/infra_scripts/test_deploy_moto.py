@@ -225,6 +225,9 @@ def test_usage_errors_exit_2(aws, inputs):
     assert run(argv(inputs, "--parameter", "NoSuchParameter=1"))[0] == 2
     assert run(argv(inputs, "--parameter", "CodeVersion=abc"))[0] == 2
     assert run(argv(inputs, "--parameter", "GlueMaxConcurrentRuns=5", "--parameter", "MapMaxConcurrency=10"))[0] == 2
+    # the parameter documents the definition's Map concurrency; it cannot claim another value
+    code, _, err = run(argv(inputs, "--parameter", "GlueMaxConcurrentRuns=20", "--parameter", "MapMaxConcurrency=20"))
+    assert code == 2 and "must equal the Map's MaxConcurrency" in err
     assert run(["--env", "Not_Valid", "--artifact-bucket", ARTIFACTS])[0] == 2
     assert run(["--env", "test"])[0] == 2  # no --artifact-bucket
     assert run(["--bogus"])[0] == 2

@@ -265,3 +265,14 @@ def test_real_definition_is_accepted_when_present():
         pytest.skip("ingest.asl.json not written yet")
     template = deploy.load_template(TEMPLATE)
     assert deploy.definition_placeholders(DEFINITION.read_text()) <= deploy.definition_substitution_names(template)
+
+
+def test_map_max_concurrency_is_read_from_the_real_definition():
+    import json as _json
+    from pathlib import Path as _Path
+
+    from infra_scripts.deploy import map_max_concurrency
+
+    definition = _json.loads((_Path(__file__).resolve().parents[2] / "aws_handlers/statemachine/ingest.asl.json").read_text())
+    assert map_max_concurrency(definition) == 10
+    assert map_max_concurrency({"States": {"P": {"Type": "Pass"}}}) is None

@@ -288,9 +288,10 @@ def build_report(*, dataset: str, batch_id: str, contract: dict[str, Any], runti
     converted = [m for m in manifests if m["status"] == "converted"]
     load_files = {f["file_key"]: f for f in (load or {}).get("files", [])}
     reconciliation = reconcile(manifests, load)
+    by_key = {m["input"]["key"]: m for m in manifests}  # 10,000-file batches: no scan per input
     inputs, outputs = [], []
     for item in input_files:
-        manifest = next((m for m in manifests if m["input"]["key"] == item["key"]), None)
+        manifest = by_key.get(item["key"])
         entry = {"key": item["key"], "uri": item["uri"], "size": item.get("size"), "sha256": item.get("sha256")}
         if manifest:
             entry.update({"size": manifest["input"]["size"], "sha256": manifest["input"]["sha256"],
@@ -306,7 +307,7 @@ def build_report(*, dataset: str, batch_id: str, contract: dict[str, Any], runti
                         "rejects_uri": (manifest.get("rejects") or {}).get("uri"),
                         "rejects_sha256": (manifest.get("rejects") or {}).get("sha256")})
     failed_files = [m for m in manifests if m["status"] != "converted"]
-    missing_inputs = [i for i in input_files if not any(m["input"]["key"] == i["key"] for m in manifests)]
+    missing_inputs = [i for i in input_files if i["key"] not in by_key]
     failure_count = len(failed_files) + len(missing_inputs) + (1 if load_failed else 0)
     status = "SUCCEEDED" if failure_count == 0 and not errors and load is not None else "FAILED"
     duplicates = (load or {}).get("duplicates", [])
